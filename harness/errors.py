@@ -1,0 +1,39 @@
+"""The few exceptions EdgeGate raises; each one carries what a person needs to act on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class EdgeGateError(Exception):
+    """Base of every error EdgeGate raises on purpose; shown to users without a traceback."""
+
+
+class ConfigError(EdgeGateError):
+    """A profile or suite file is wrong: names the file and the field."""
+
+    def __init__(self, path: Path | str, field: str, problem: str) -> None:
+        self.path = Path(path)
+        self.field = field
+        self.problem = problem
+        where = f"{self.path}: {field}" if field else str(self.path)
+        super().__init__(f"{where}: {problem}")
+
+
+class BuildError(EdgeGateError):
+    """A variant could not be built from its recipe."""
+
+
+class RunnerError(EdgeGateError):
+    """The measuring process on a device failed; carries what it printed."""
+
+    def __init__(self, message: str, stdout: str = "", stderr: str = "") -> None:
+        self.stdout = stdout
+        self.stderr = stderr
+        tail = stderr.strip().splitlines()[-5:]
+        detail = ("\n  " + "\n  ".join(tail)) if tail else ""
+        super().__init__(message + detail)
+
+
+class StoreError(EdgeGateError):
+    """The history store cannot be read or written."""

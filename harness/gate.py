@@ -1,0 +1,105 @@
+"""Thresholds: limits on a metric, absolute or as a ratio to the reference variant."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Fields
+from .errors import ConfigError
+from .metrics import METRICS
+
+RULE_KEYS = ("max", "min", "max_ratio", "min_ratio")
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """One limit on one metric. ``*_ratio`` limits compare with the reference variant's value."""
+
+    metric: str
+    kind: str  # one of RULE_KEYS
+    limit: float
+
+    def describe(self) -> str:
+        symbol = "<=" if self.kind.startswith("max") else ">="
+        suffix = " x reference" if self.kind.endswith("ratio") else ""
+        return f"{self.metric} {symbol} {self.limit:g}{suffix}"
+
+
+@dataclass(frozen=True)
+class Breach:
+    """A threshold that did not hold (or could not be checked), with the numbers behind it."""
+
+    threshold: Threshold
+    value: float | None
+    limit_value: float | None
+    reason: str
+
+    def message(self, device: str, variant: str) -> str:
+        return f"{variant} on {device}: {self.reason}"
+
+
+def parse_thresholds(path: Path, prefix: str, raw: object) -> dict[str, tuple[Threshold, ...]]:
+    """Read ``{metric: {max|min|max_ratio|min_ratio: number}}``; unknown metrics are errors."""
+    fields = Fields(path, prefix, raw or {})
+    result: dict[str, tuple[Threshold, ...]] = {}
+    for metric in list(fields.data):
+        if metric not in METRICS:
+            raise ConfigError(path, fields.name(metric), f"unknown metric; known: {', '.join(METRICS)}")
+        rules = fields.sub(metric, required=True)
+        result[metric] = tuple(
+            Threshold(metric, key, float(rules.number(key)))
+            for key in RULE_KEYS
+            if key in rules.data
+        )
+        if not result[metric]:
+            raise ConfigError(path, rules.prefix, f"needs one of {', '.join(RULE_KEYS)}")
+        rules.finish()
+    return result
+
+
+def check(
+    thresholds: dict[str, tuple[Threshold, ...]],
+    values: dict[str, float | None],
+    reference: dict[str, float | None] | None,
+    notes: dict[str, str] | None = None,
+) -> list[Breach]:
+    """Every threshold that ``values`` break, in metric order. Unknowable counts as broken."""
+    breaches = []
+    for metric, rules in thresholds.items():
+        for rule in rules:
+            breach = _check_one(rule, values.get(metric), reference, (notes or {}).get(metric))
+            if breach is not None:
+                breaches.append(breach)
+    return breaches
+
+
+def _check_one(
+    rule: Threshold, value: float | None, reference: dict[str, float | None] | None, note: str | None
+) -> Breach | None:
+    if value is None or math.isnan(value):
+        why = note or "not measured"
+        return Breach(rule, None, None, f"{rule.describe()} cannot be checked: {rule.metric} {why}")
+    limit = rule.limit
+    basis = ""
+    if rule.kind.endswith("ratio"):
+        ref_value = (reference or {}).get(rule.metric)
+        if ref_value is None or math.isnan(ref_value):
+            return Breach(rule, value, None, f"{rule.describe()} cannot be checked: no reference value")
+        limit = rule.limit * ref_value
+        basis = f" ({rule.limit:g} x reference {ref_value:.4g})"
+    broke = value > limit if rule.kind.startswith("max") else value < limit
+    if not broke:
+        return None
+    unit = METRICS[rule.metric].unit
+    symbol = ">" if rule.kind.startswith("max") else "<"
+    return Breach(rule, value, limit, f"{rule.metric} = {value:.4g}{unit and ' ' + unit} {symbol} limit {limit:.4g}{basis}")
+
+
+def merge(*layers: dict[str, tuple[Threshold, ...]]) -> dict[str, tuple[Threshold, ...]]:
+    """Later layers replace earlier ones metric by metric (suite < variant < device profile)."""
+    merged: dict[str, tuple[Threshold, ...]] = {}
+    for layer in layers:
+        merged.update(layer)
+    return merged

@@ -1,0 +1,44 @@
+"""The metrics EdgeGate measures: unit, which direction is better, what the number means."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Direction = Literal["lower", "higher"]
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    name: str
+    unit: str
+    better: Direction
+    label: str
+
+
+_CATALOG = (
+    MetricInfo("size_mb", "MB", "lower", "model file size"),
+    MetricInfo("load_ms", "ms", "lower", "time to create the inference session"),
+    MetricInfo("load_rss_mb", "MB", "lower", "resident memory added by loading the model"),
+    MetricInfo("peak_rss_mb", "MB", "lower", "peak resident memory of the measuring process"),
+    MetricInfo("prefill_ms", "ms", "lower", "latency of one prefill of the prompt (median)"),
+    MetricInfo("prefill_tok_s", "tok/s", "higher", "prompt tokens per second in prefill"),
+    MetricInfo("decode_ms", "ms", "lower", "latency of one decode step with KV cache (median)"),
+    MetricInfo("decode_tok_s", "tok/s", "higher", "generated tokens per second in decode"),
+    MetricInfo("perplexity", "", "lower", "perplexity on the suite's evaluation text"),
+    MetricInfo("kl_mean", "nats", "lower", "mean KL divergence of next-token distributions vs the reference"),
+    MetricInfo("kl_max", "nats", "lower", "largest per-position KL divergence vs the reference"),
+    MetricInfo("top1_agreement", "", "higher", "share of positions whose top token matches the reference"),
+    MetricInfo("power_w", "W", "lower", "average power during decode"),
+)
+
+METRICS: dict[str, MetricInfo] = {info.name: info for info in _CATALOG}
+REPORT_ORDER: tuple[str, ...] = tuple(info.name for info in _CATALOG)
+
+
+def metric_info(name: str) -> MetricInfo:
+    """The catalog entry for ``name``; KeyError names the known metrics."""
+    try:
+        return METRICS[name]
+    except KeyError:
+        raise KeyError(f"unknown metric {name!r}; known: {', '.join(METRICS)}") from None

@@ -1,0 +1,129 @@
+"""Device profiles: one YAML file per registered device, read into frozen, validated objects."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import Fields, load_yaml_mapping
+from .errors import ConfigError
+from .gate import Threshold, parse_thresholds
+
+PROFILE_SCHEMA = 1
+POWER_SENSORS = ("none", "ina3221", "rapl", "nvml", "command")
+TRANSPORTS = ("local", "ssh")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class SshSettings:
+    host: str
+    user: str
+    port: int = 22
+    key_file: str | None = None
+    known_hosts: str | None = None
+    connect_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class PowerSensor:
+    kind: str = "none"
+    command: str | None = None
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """Everything EdgeGate knows about one device before it measures anything."""
+
+    name: str
+    path: Path
+    transport: str
+    description: str = ""
+    work_dir: str = "~/.cache/edgegate"
+    python: str = "python3"
+    execution_providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    threads: int = 0
+    memory_bandwidth_gbs: float | None = None
+    power_sensor: PowerSensor = field(default_factory=PowerSensor)
+    ssh: SshSettings | None = None
+    tags: tuple[str, ...] = ()
+    thresholds: dict[str, tuple[Threshold, ...]] = field(default_factory=dict)
+
+
+def load_profile(path: Path) -> DeviceProfile:
+    """Read one profile; every problem raises ConfigError naming the file and the field."""
+    fields = Fields(path, "", load_yaml_mapping(path))
+    schema = fields.get("schema", int, PROFILE_SCHEMA)
+    if schema != PROFILE_SCHEMA:
+        raise ConfigError(path, "schema", f"version {schema} is not supported (this EdgeGate reads {PROFILE_SCHEMA}); upgrade EdgeGate")
+    name = fields.get("name", str, path.stem)
+    if not _NAME.match(name):
+        raise ConfigError(path, "name", "use letters, digits, '.', '_' and '-' only")
+    transport = fields.get("transport", str)
+    if transport not in TRANSPORTS:
+        raise ConfigError(path, "transport", f"must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
+    profile = DeviceProfile(
+        name=name,
+        path=path,
+        transport=transport,
+        description=fields.get("description", str, ""),
+        work_dir=fields.get("work_dir", str, "~/.cache/edgegate"),
+        python=fields.get("python", str, "python3"),
+        execution_providers=fields.string_list("execution_providers", ["CPUExecutionProvider"]),
+        threads=int(fields.number("threads", 0, minimum=0)),
+        memory_bandwidth_gbs=fields.number("memory_bandwidth_gbs", None, minimum=0),
+        power_sensor=_power_sensor(fields.sub("power_sensor")),
+        ssh=_ssh(fields, transport),
+        tags=fields.string_list("tags", []),
+        thresholds=parse_thresholds(path, "thresholds", fields.get("thresholds", dict, {})),
+    )
+    fields.finish()
+    return profile
+
+
+def _power_sensor(fields: Fields) -> PowerSensor:
+    kind = fields.get("kind", str, "none")
+    if kind not in POWER_SENSORS:
+        raise ConfigError(fields.path, fields.name("kind"), f"must be one of {', '.join(POWER_SENSORS)}, got {kind!r}")
+    command = fields.get("command", str, None)
+    if kind == "command" and not command:
+        raise ConfigError(fields.path, fields.name("command"), "is required when kind is 'command'")
+    fields.finish()
+    return PowerSensor(kind=kind, command=command)
+
+
+def _ssh(parent: Fields, transport: str) -> SshSettings | None:
+    if transport != "ssh":
+        if parent.get("ssh", dict, None) is not None:
+            raise ConfigError(parent.path, "ssh", "only allowed with transport: ssh")
+        return None
+    fields = parent.sub("ssh", required=True)
+    if "password" in fields.data:
+        raise ConfigError(parent.path, "ssh.password", "passwords are never stored in profiles; use key_file or an SSH agent")
+    settings = SshSettings(
+        host=fields.get("host", str),
+        user=fields.get("user", str),
+        port=int(fields.number("port", 22, minimum=1)),
+        key_file=fields.get("key_file", str, None),
+        known_hosts=fields.get("known_hosts", str, None),
+        connect_timeout_s=float(fields.number("connect_timeout_s", 10.0, minimum=0.1)),
+    )
+    fields.finish()
+    return settings
+
+
+def registered_profiles(directory: Path) -> dict[str, Path]:
+    """Profile name (file stem) -> file, for every ``*.yaml`` in ``directory``."""
+    if not directory.is_dir():
+        return {}
+    return {path.stem: path for path in sorted(directory.glob("*.yaml"))}
+
+
+def find_profile(name: str, directory: Path) -> DeviceProfile:
+    """Load the profile registered as ``name``; an unknown name lists the registered ones."""
+    known = registered_profiles(directory)
+    if name not in known:
+        listing = ", ".join(known) or "none"
+        raise ConfigError(directory, "--device", f"unknown device {name!r}; registered devices: {listing}")
+    return load_profile(known[name])

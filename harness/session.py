@@ -1,0 +1,203 @@
+"""One run: which suites on which devices; builds, measures, records and judges each variant."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import evaldata, gate
+from .errors import BuildError, EdgeGateError, RunnerError
+from .profiles import DeviceProfile
+from .stats import Summary, summarize
+from .store import HistoryStore
+from .suites import Suite, VariantSpec
+from .transport import Transport, open_transport
+from .variants.factory import Artifact, VariantFactory
+
+RELATIVE_METRICS = ("kl_mean", "kl_max", "top1_agreement")  # defined only against a reference
+JOB_TIMEOUT_S = 3600.0
+
+
+@dataclass
+class MetricResult:
+    name: str
+    value: float | None
+    unit: str
+    samples: list[float] | None = None
+    note: str | None = None
+    summary: Summary | None = None
+
+
+@dataclass
+class VariantResult:
+    suite: str
+    device: str
+    variant: str
+    metrics: dict[str, MetricResult] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def values(self) -> dict[str, float | None]:
+        return {name: m.value for name, m in self.metrics.items()}
+
+    def notes(self) -> dict[str, str]:
+        return {name: m.note for name, m in self.metrics.items() if m.note}
+
+
+class RunSession:
+    """Memoizes builds and measurements so a reference is measured once per device."""
+
+    def __init__(self, run_id: str, git_commit: str, store: HistoryStore, cache_root: Path,
+                 log: Callable[[str], None] = lambda _: None) -> None:
+        self.run_id = run_id
+        self.git_commit = git_commit
+        self.store = store
+        self.cache_root = cache_root
+        self.log = log
+        self._factories: dict[Path, VariantFactory] = {}
+        self._results: dict[tuple[Path, str, str], VariantResult] = {}
+        self._transports: dict[str, Transport] = {}
+        self._failures: dict[tuple[Path, str, str], EdgeGateError] = {}
+
+    def factory(self, suite: Suite) -> VariantFactory:
+        if suite.path not in self._factories:
+            self._factories[suite.path] = VariantFactory(suite, self.cache_root, self.log)
+        return self._factories[suite.path]
+
+    def measure(self, suite: Suite, device: DeviceProfile, variant: VariantSpec) -> VariantResult:
+        """Build if needed, run the runner on ``device``, record every metric as it arrives."""
+        key = (suite.path, device.name, variant.name)
+        if key in self._failures:
+            raise self._failures[key]
+        if key not in self._results:
+            try:
+                self._results[key] = self._measure(suite, device, variant)
+            except EdgeGateError as exc:
+                self._failures[key] = exc
+                raise
+        return self._results[key]
+
+    def judge(self, suite: Suite, device: DeviceProfile, variant: VariantSpec) -> list[gate.Breach]:
+        """The thresholds this variant breaks on this device (suite < variant < device profile)."""
+        result = self.measure(suite, device, variant)
+        thresholds = gate.merge(suite.thresholds, variant.thresholds, device.thresholds)
+        reference = None
+        if variant.name == suite.reference:
+            thresholds = _absolute_only(thresholds)
+        else:
+            reference = self.measure(suite, device, suite.variant(suite.reference)).values()
+        breaches = gate.check(thresholds, result.values(), reference, result.notes())
+        self.store.append_verdict({
+            "run_id": self.run_id, "time": _now(), "suite": suite.name, "device": device.name,
+            "variant": variant.name, "passed": not breaches and not result.errors,
+            "breaches": [b.reason for b in breaches], "error": "; ".join(result.errors) or None,
+        })
+        return breaches
+
+    def record_error(self, suite: Suite, device: DeviceProfile, variant: VariantSpec, error: str) -> None:
+        self.store.append_verdict({
+            "run_id": self.run_id, "time": _now(), "suite": suite.name, "device": device.name,
+            "variant": variant.name, "passed": False, "breaches": [], "error": error,
+        })
+
+    def close(self) -> None:
+        for transport in self._transports.values():
+            transport.close()
+        self._transports.clear()
+
+    def _transport(self, device: DeviceProfile) -> Transport:
+        if device.name not in self._transports:
+            self._transports[device.name] = open_transport(device)
+        return self._transports[device.name]
+
+    def _measure(self, suite: Suite, device: DeviceProfile, variant: VariantSpec) -> VariantResult:
+        artifact = self.factory(suite).artifact(variant)
+        self.store.append_artifact(self.run_id, suite.name, variant.name, artifact.recipe, artifact.key, artifact.manifest)
+        job = self._job(suite, device, variant, artifact)
+        self.log(f"measuring {variant.name} on {device.name}")
+        result = VariantResult(suite.name, device.name, variant.name)
+        for event in self._transport(device).run_job(job, JOB_TIMEOUT_S):
+            self._take(event, result)
+        return result
+
+    def _job(self, suite: Suite, device: DeviceProfile, variant: VariantSpec, artifact: Artifact) -> dict[str, Any]:
+        try:
+            text = evaldata.tokenize(artifact.tokenizer, suite.prefill.prompt_tokens,
+                                     suite.accuracy.windows, suite.accuracy.window_tokens)
+        except (OSError, ValueError) as exc:
+            raise BuildError(f"cannot tokenize the evaluation text for {variant.name}: {exc}") from None
+        accuracy: dict[str, Any] = {"windows": [list(w) for w in text.windows]}
+        # Keyed by what determines the reference's log-probs, so each run overwrites, never piles up.
+        reference_key = self.factory(suite).artifact(suite.variant(suite.reference)).key
+        logprobs_name = f"{reference_key[:16]}-{text.text_sha256[:12]}-{len(text.windows)}x{len(text.windows[0])}.npy"
+        logprobs_path = self._transport(device).device_path("logprobs", logprobs_name)
+        if variant.name == suite.reference:
+            accuracy["save_logprobs"] = logprobs_path
+        else:
+            reference = self.measure(suite, device, suite.variant(suite.reference))
+            if "perplexity" in reference.metrics:
+                accuracy["reference_logprobs"] = logprobs_path
+        return {
+            "model": str(artifact.model),
+            "backend": "onnxruntime",
+            "providers": list(device.execution_providers),
+            "threads": device.threads,
+            "power": {"kind": device.power_sensor.kind},
+            "measurements": {
+                "prefill": {"prompt_ids": list(text.prompt_ids), "warmup": suite.prefill.warmup,
+                            "repetitions": suite.prefill.repetitions},
+                "decode": {"prompt_ids": list(text.prompt_ids[: suite.decode.prompt_tokens]),
+                           "tokens": suite.decode.tokens, "warmup": suite.decode.warmup,
+                           "repetitions": suite.decode.repetitions},
+                "accuracy": accuracy,
+            },
+        }
+
+    def _take(self, event: dict[str, Any], result: VariantResult) -> None:
+        kind = event.get("event")
+        if kind == "metric":
+            metric = _metric(event)
+            result.metrics[metric.name] = metric
+            self.store.append_results([self._row(result, metric)])
+        elif kind == "error":
+            result.errors.append(f"{event.get('measurement')}: {event.get('message')}")
+        elif kind == "settings":
+            result.settings = dict(event.get("settings", {}))
+        elif kind == "done" and event.get("failures") and not result.errors:
+            raise RunnerError(f"runner reported {event['failures']} failures without saying which")
+
+    def _row(self, result: VariantResult, metric: MetricResult) -> dict[str, Any]:
+        summary = metric.summary.as_dict() if metric.summary else {}
+        return {
+            "run_id": self.run_id, "time": _now(), "git_commit": self.git_commit, "suite": result.suite,
+            "device": result.device, "variant": result.variant, "metric": metric.name, "value": metric.value,
+            "unit": metric.unit, "samples": metric.samples, "note": metric.note, "schema_version": 1, **summary,
+        }
+
+
+def _metric(event: dict[str, Any]) -> MetricResult:
+    samples = event.get("samples")
+    value = event.get("value")
+    summary = summarize(samples) if samples else None
+    if summary is not None:
+        value = summary.p50
+    if value is not None and not math.isfinite(float(value)):
+        return MetricResult(event["name"], None, event.get("unit", ""), samples, f"not a finite number: {value}")
+    return MetricResult(event["name"], value, event.get("unit", ""), samples, event.get("note"), summary)
+
+
+def _absolute_only(thresholds: dict[str, tuple[gate.Threshold, ...]]) -> dict[str, tuple[gate.Threshold, ...]]:
+    kept = {}
+    for metric, rules in thresholds.items():
+        absolute = tuple(r for r in rules if not r.kind.endswith("ratio"))
+        if absolute and metric not in RELATIVE_METRICS:
+            kept[metric] = absolute
+    return kept
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -1,0 +1,175 @@
+"""Suites: which base model, which variants by recipe, what to measure, which thresholds."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import Fields, load_yaml_mapping
+from .errors import ConfigError
+from .gate import Threshold, parse_thresholds
+
+SUITE_SCHEMA = 1
+BASE_MODEL_KINDS = ("gguf_package", "gguf_file", "hf_dir")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class BaseModelSpec:
+    """Where the base model's weights come from. Paths are resolved against the suite file."""
+
+    kind: str
+    package: str | None = None
+    file: str | None = None
+    path: Path | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    name: str
+    recipe: str
+    params: dict[str, Any] = field(default_factory=dict)
+    thresholds: dict[str, tuple[Threshold, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PrefillSpec:
+    prompt_tokens: int = 128
+    warmup: int = 1
+    repetitions: int = 5
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    prompt_tokens: int = 64
+    tokens: int = 32
+    warmup: int = 1
+    repetitions: int = 3
+
+
+@dataclass(frozen=True)
+class AccuracySpec:
+    windows: int = 2
+    window_tokens: int = 256
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    path: Path
+    base_model: BaseModelSpec
+    reference: str
+    variants: tuple[VariantSpec, ...]
+    prefill: PrefillSpec = PrefillSpec()
+    decode: DecodeSpec = DecodeSpec()
+    accuracy: AccuracySpec = AccuracySpec()
+    thresholds: dict[str, tuple[Threshold, ...]] = field(default_factory=dict)
+    description: str = ""
+
+    def variant(self, name: str) -> VariantSpec:
+        for spec in self.variants:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+
+def load_suite(path: Path) -> Suite:
+    """Read one suite file; every problem raises ConfigError naming the file and the field."""
+    from .variants.recipes import RECIPES  # recipes import their heavy tools lazily
+
+    fields = Fields(path, "", load_yaml_mapping(path))
+    schema = fields.get("schema", int, SUITE_SCHEMA)
+    if schema != SUITE_SCHEMA:
+        raise ConfigError(path, "schema", f"version {schema} is not supported (this EdgeGate reads {SUITE_SCHEMA}); upgrade EdgeGate")
+    variants = _variants(fields.sub("variants", required=True), set(RECIPES))
+    reference = fields.get("reference", str)
+    if reference not in {spec.name for spec in variants}:
+        raise ConfigError(path, "reference", f"names no variant of this suite: {reference!r}")
+    measure = fields.sub("measurements")
+    suite = Suite(
+        name=_name(fields, "name", path.stem.removeprefix("suite_")),
+        path=path,
+        base_model=_base_model(fields.sub("base_model", required=True)),
+        reference=reference,
+        variants=variants,
+        prefill=_positive_ints(measure.sub("prefill"), PrefillSpec),
+        decode=_positive_ints(measure.sub("decode"), DecodeSpec),
+        accuracy=_positive_ints(measure.sub("accuracy"), AccuracySpec),
+        thresholds=parse_thresholds(path, "thresholds", fields.get("thresholds", dict, {})),
+        description=fields.get("description", str, ""),
+    )
+    measure.finish()
+    fields.finish()
+    return suite
+
+
+def _name(fields: Fields, key: str, default: str) -> str:
+    value = fields.get(key, str, default)
+    if not _NAME.match(value):
+        raise ConfigError(fields.path, fields.name(key), f"{value!r}: use letters, digits, '.', '_' and '-' only")
+    return value
+
+
+def _variants(fields: Fields, recipes: set[str]) -> tuple[VariantSpec, ...]:
+    specs = []
+    for name in list(fields.data):
+        if not _NAME.match(str(name)):
+            raise ConfigError(fields.path, fields.name(str(name)), "variant names use letters, digits, '.', '_' and '-' only")
+        entry = fields.sub(name, required=True)
+        recipe = entry.get("recipe", str)
+        if recipe not in recipes:
+            raise ConfigError(fields.path, entry.name("recipe"), f"unknown recipe {recipe!r}; known: {', '.join(sorted(recipes))}")
+        specs.append(VariantSpec(
+            name=name,
+            recipe=recipe,
+            params=dict(entry.get("params", dict, {})),
+            thresholds=parse_thresholds(fields.path, entry.name("thresholds"), entry.get("thresholds", dict, {})),
+        ))
+        entry.finish()
+    if not specs:
+        raise ConfigError(fields.path, fields.prefix, "declares no variant")
+    return tuple(specs)
+
+
+def _base_model(fields: Fields) -> BaseModelSpec:
+    kind = fields.get("kind", str)
+    if kind not in BASE_MODEL_KINDS:
+        raise ConfigError(fields.path, fields.name("kind"), f"must be one of {', '.join(BASE_MODEL_KINDS)}, got {kind!r}")
+    spec = BaseModelSpec(
+        kind=kind,
+        package=fields.get("package", str) if kind == "gguf_package" else None,
+        file=fields.get("file", str) if kind.startswith("gguf") else None,
+        path=_contained_path(fields, "path") if kind != "gguf_package" else None,
+        note=fields.get("note", str, ""),
+    )
+    if spec.file is not None and (Path(spec.file).name != spec.file or spec.file in ("", ".", "..")):
+        raise ConfigError(fields.path, fields.name("file"), f"must be a plain file name, got {spec.file!r}")
+    fields.finish()
+    return spec
+
+
+def _contained_path(fields: Fields, key: str) -> Path:
+    """A path relative to the suite's folder that must not escape it."""
+    raw = fields.get(key, str)
+    folder = fields.path.parent.resolve()
+    resolved = (folder / raw).resolve()
+    if Path(raw).is_absolute() or not resolved.is_relative_to(folder):
+        raise ConfigError(fields.path, fields.name(key), f"{raw!r} escapes the suite's folder {folder}")
+    return resolved
+
+
+def _positive_ints(fields: Fields, spec_type: type) -> Any:
+    defaults = spec_type()
+    values = {
+        name: int(fields.number(name, getattr(defaults, name), minimum=0 if name == "warmup" else 1))
+        for name in spec_type.__dataclass_fields__
+    }
+    for name, value in values.items():
+        raw = fields.data.get(name)
+        if raw is not None and raw != int(raw):
+            raise ConfigError(fields.path, fields.name(name), f"must be a whole number, got {raw!r}")
+    fields.finish()
+    return spec_type(**values)

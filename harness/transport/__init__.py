@@ -1,0 +1,18 @@
+"""How the host reaches a device. One interface; ``local`` runs the runner as a subprocess."""
+
+from __future__ import annotations
+
+from .base import Transport
+from .local import LocalTransport
+
+__all__ = ["LocalTransport", "Transport", "open_transport"]
+
+
+def open_transport(profile: object) -> Transport:
+    from ..errors import ConfigError
+    from ..profiles import DeviceProfile
+
+    assert isinstance(profile, DeviceProfile)
+    if profile.transport == "local":
+        return LocalTransport(profile)
+    raise ConfigError(profile.path, "transport", f"transport {profile.transport!r} is not available in this version")

@@ -1,0 +1,69 @@
+"""The embedded default device: this machine, the same runner, started as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..errors import RunnerError
+from ..profiles import DeviceProfile
+
+RUNNER_MODULE = "edgegate.runner"
+
+
+class LocalTransport:
+    def __init__(self, profile: DeviceProfile) -> None:
+        self.profile = profile
+        self.python = sys.executable if profile.python in ("", "auto") else profile.python
+        self.work_dir = Path(os.path.expanduser(profile.work_dir))
+
+    def device_path(self, *parts: str) -> str:
+        return str(self.work_dir.joinpath(*parts))
+
+    def run_job(self, job: dict[str, Any], timeout_s: float) -> Iterator[dict[str, Any]]:
+        """Start the runner, feed it ``job``, yield each event; a crash raises RunnerError."""
+        process = subprocess.Popen(
+            [self.python, "-m", RUNNER_MODULE],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        timed_out = threading.Event()
+        timer = threading.Timer(timeout_s, lambda: (timed_out.set(), process.kill()))
+        timer.start()
+        stderr_lines: list[str] = []
+        reader = threading.Thread(target=lambda: stderr_lines.extend(process.stderr), daemon=True)  # type: ignore[arg-type]
+        reader.start()
+        try:
+            assert process.stdin is not None and process.stdout is not None
+            process.stdin.write(json.dumps(job))
+            process.stdin.close()
+            yield from _events(process.stdout)
+            code = process.wait()
+        finally:
+            timer.cancel()
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        reader.join(timeout=5)
+        if code != 0:
+            why = f"timed out after {timeout_s:.0f} s" if timed_out.is_set() else f"exited with {code}"
+            raise RunnerError(f"runner on {self.profile.name} {why}", stderr="".join(stderr_lines))
+
+    def close(self) -> None:
+        pass
+
+
+def _events(stream: Any) -> Iterator[dict[str, Any]]:
+    for line in stream:
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            yield json.loads(line)
+        except ValueError:
+            yield {"event": "log", "line": line}

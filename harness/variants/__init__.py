@@ -1,0 +1,1 @@
+"""The variant factory: base models, one recipe per file, a content-addressed cache."""

@@ -1,0 +1,31 @@
+"""The fp32 reference: the base model exported to ONNX with an explicit KV cache."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..export import export_causal_lm, untie_lm_head
+from ._context import TOKENIZER_FILE, BuildContext
+
+NAME = "export_fp32"
+PARENT = None
+TOOLS = ("torch", "transformers", "gguf", "onnx", "onnxscript")
+DEFAULTS: dict[str, Any] = {"opset": 18}
+
+
+def build(ctx: BuildContext) -> dict[str, Any]:
+    from ..base_models import load_for_export
+
+    ctx.log("loading the base model with transformers (a GGUF is dequantized to fp32)")
+    model, tokenizer = load_for_export(ctx.base)
+    untie_lm_head(model)
+    ctx.log("exporting to ONNX with torch.onnx (dynamo); this takes minutes for a real model")
+    export_causal_lm(model, ctx.out_model, opset=int(ctx.params["opset"]))
+    tokenizer.save_pretrained(ctx.out_dir)
+    for extra in ctx.out_dir.iterdir():
+        if extra.name not in (TOKENIZER_FILE, ctx.out_model.name):
+            extra.unlink()
+    return {
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "architecture": type(model).__name__,
+    }
