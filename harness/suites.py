@@ -84,7 +84,7 @@ def load_suite(path: Path) -> Suite:
     schema = fields.get("schema", int, SUITE_SCHEMA)
     if schema != SUITE_SCHEMA:
         raise ConfigError(path, "schema", f"version {schema} is not supported (this EdgeGate reads {SUITE_SCHEMA}); upgrade EdgeGate")
-    variants = _variants(fields.sub("variants", required=True), set(RECIPES))
+    variants = _variants(fields.sub("variants", required=True), RECIPES)
     reference = fields.get("reference", str)
     if reference not in {spec.name for spec in variants}:
         raise ConfigError(path, "reference", f"names no variant of this suite: {reference!r}")
@@ -113,7 +113,7 @@ def _name(fields: Fields, key: str, default: str) -> str:
     return value
 
 
-def _variants(fields: Fields, recipes: set[str]) -> tuple[VariantSpec, ...]:
+def _variants(fields: Fields, recipes: dict[str, Any]) -> tuple[VariantSpec, ...]:
     specs = []
     for name in list(fields.data):
         if not _NAME.match(str(name)):
@@ -122,10 +122,15 @@ def _variants(fields: Fields, recipes: set[str]) -> tuple[VariantSpec, ...]:
         recipe = entry.get("recipe", str)
         if recipe not in recipes:
             raise ConfigError(fields.path, entry.name("recipe"), f"unknown recipe {recipe!r}; known: {', '.join(sorted(recipes))}")
+        params = dict(entry.get("params", dict, {}))
+        for key in params:
+            if key not in recipes[recipe].DEFAULTS:
+                known = ", ".join(recipes[recipe].DEFAULTS) or "none"
+                raise ConfigError(fields.path, f"{entry.name('params')}.{key}", f"recipe {recipe} has no such parameter; it takes: {known}")
         specs.append(VariantSpec(
             name=name,
             recipe=recipe,
-            params=dict(entry.get("params", dict, {})),
+            params=params,
             thresholds=parse_thresholds(fields.path, entry.name("thresholds"), entry.get("thresholds", dict, {})),
         ))
         entry.finish()

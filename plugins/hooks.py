@@ -1,0 +1,39 @@
+"""pytest hooks: options, settings, collection of suite files, and the recorder's start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgegate.errors import EdgeGateError
+
+from .items import SuiteFile, VariantItem, is_suite_file
+from .options import add_options, settings_from
+from .recorder import RECORDER_KEY, SETTINGS_KEY, recorder
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("edgegate", "EdgeGate: gate compressed models on edge devices")
+    add_options(group.addoption)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "edgegate(device, variant): an EdgeGate measurement item")
+    config.stash[SETTINGS_KEY] = settings_from(config.getoption, Path(config.rootpath))
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    if not is_suite_file(file_path.name):
+        return None
+    try:
+        recorder(parent.config)
+    except EdgeGateError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    return SuiteFile.from_parent(parent, path=file_path)
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    suites = sorted({str(item.suite.path) for item in items if isinstance(item, VariantItem)})
+    if suites or RECORDER_KEY in config.stash:  # a Python suite may have asked for the run through a fixture
+        recorder(config).start(suites)

@@ -1,0 +1,50 @@
+"""Command-line options, defined once; ``add_options`` takes any ``addoption``-like callable."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DEVICE = "local"
+
+
+def add_options(addoption: Callable[..., Any], prefix: str = "--edgegate-") -> None:
+    addoption("--device", action="append", dest="edgegate_devices", metavar="NAME", default=None,
+              help=f"device profile to measure on; repeat for several (default: {DEFAULT_DEVICE})")
+    addoption(f"{prefix}profiles", dest="edgegate_profiles", metavar="DIR", default=None,
+              help="folder of device profiles (default: <rootdir>/device_profiles)")
+    addoption(f"{prefix}history", dest="edgegate_history", metavar="FILE", default=None,
+              help="history store (default: <rootdir>/reports/history.sqlite)")
+    addoption(f"{prefix}reports", dest="edgegate_reports", metavar="DIR", default=None,
+              help="where HTML reports go (default: <rootdir>/reports)")
+    addoption(f"{prefix}cache", dest="edgegate_cache", metavar="DIR", default=None,
+              help="variant build cache (default: $EDGEGATE_CACHE_DIR or ~/.cache/edgegate)")
+
+
+@dataclass(frozen=True)
+class Settings:
+    devices: tuple[str, ...]
+    profiles_dir: Path
+    history: Path
+    reports_dir: Path
+    cache_dir: Path
+    rootdir: Path
+
+
+def settings_from(getoption: Callable[[str], Any], rootdir: Path) -> Settings:
+    def path(name: str, default: Path) -> Path:
+        value = getoption(name)
+        return Path(value).expanduser().resolve() if value else default
+
+    cache_default = Path(os.environ.get("EDGEGATE_CACHE_DIR") or Path.home() / ".cache" / "edgegate")
+    return Settings(
+        devices=tuple(dict.fromkeys(getoption("edgegate_devices") or [DEFAULT_DEVICE])),
+        profiles_dir=path("edgegate_profiles", rootdir / "device_profiles"),
+        history=path("edgegate_history", rootdir / "reports" / "history.sqlite"),
+        reports_dir=path("edgegate_reports", rootdir / "reports"),
+        cache_dir=path("edgegate_cache", cache_default.expanduser()),
+        rootdir=rootdir,
+    )

@@ -1,0 +1,91 @@
+"""The run recorder: registered only when EdgeGate has something to measure in this session."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from pathlib import Path
+
+import pytest
+
+from edgegate import environment
+from edgegate.errors import EdgeGateError
+from edgegate.profiles import DeviceProfile, find_profile
+from edgegate.report import render_run
+from edgegate.session import RunSession
+from edgegate.store import HistoryStore, RunInfo
+
+from .options import Settings
+
+SETTINGS_KEY = pytest.StashKey[Settings]()
+RECORDER_KEY = pytest.StashKey["Recorder"]()
+
+
+class Recorder:
+    """Owns the run: its id, the history store, the devices, and the report at the end."""
+
+    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+        self.config = config
+        self.settings = settings
+        self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+        self.profiles: dict[str, DeviceProfile] = {
+            name: find_profile(name, settings.profiles_dir) for name in settings.devices
+        }
+        self.store = HistoryStore(settings.history)
+        self.suites: list[str] = []
+        self.session = RunSession(self.run_id, environment.git_commit(settings.rootdir), self.store,
+                                  settings.cache_dir, self.log)
+        self.report: Path | None = None
+        self.report_error: str | None = None
+        self._started = False
+
+    def start(self, suites: list[str]) -> None:
+        self.suites = suites
+        self.store.start_run(RunInfo(
+            self.run_id, _now(), self.session.git_commit, tuple(suites), tuple(self.profiles),
+            {"host": environment.host_manifest()},
+        ))
+        self._started = True
+
+    def log(self, line: str) -> None:
+        capture = self.config.pluginmanager.getplugin("capturemanager")
+        reporter = self.config.pluginmanager.getplugin("terminalreporter")
+        if capture is None or reporter is None:
+            return
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"[edgegate] {line}")
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        self.session.close()
+        if not self._started:
+            return
+        self.store.finish_run(self.run_id, _now(), int(exitstatus))
+        try:
+            self.report = render_run(self.store, self.run_id, self.settings.reports_dir)
+        except (OSError, EdgeGateError) as exc:
+            self.report_error = f"could not write the report: {exc}"
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if not self._started:
+            return
+        terminalreporter.section("EdgeGate")
+        terminalreporter.write_line(f"run {self.run_id}; history: {self.settings.history}")
+        if self.report is not None:
+            terminalreporter.write_line(f"report: {self.report}")
+            terminalreporter.write_line(f"latest: {self.settings.reports_dir / 'latest.html'}")
+        if self.report_error:
+            terminalreporter.write_line(self.report_error, red=True)
+
+
+def recorder(config: pytest.Config) -> Recorder:
+    """The session's recorder, created and registered on first use."""
+    if RECORDER_KEY not in config.stash:
+        instance = Recorder(config, config.stash[SETTINGS_KEY])
+        config.stash[RECORDER_KEY] = instance
+        config.pluginmanager.register(instance, "edgegate-recorder")
+    return config.stash[RECORDER_KEY]
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -1,0 +1,44 @@
+"""The content-addressed cache: unchanged recipes are reused, a changed parameter rebuilds one."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import pytest
+
+from edgegate.errors import BuildError
+from edgegate.suites import load_suite
+from edgegate.variants.factory import VariantFactory
+
+pytestmark = pytest.mark.slow
+
+
+def test_unchanged_recipe_is_reused_quickly(tiny_artifacts: dict, tiny_suite_file: Path, shared_cache: Path) -> None:
+    suite = load_suite(tiny_suite_file)
+    started = time.perf_counter()
+    again = VariantFactory(suite, shared_cache).artifact(suite.variant("int4"))
+    assert time.perf_counter() - started < 5
+    assert again.key == tiny_artifacts["int4"].key and again.folder == tiny_artifacts["int4"].folder
+    manifest = again.manifest
+    assert manifest["recipe"] == "int4_weight_only" and manifest["params"]["block_size"] == 32
+    assert manifest["files"]["model.onnx"]["bytes"] == again.model.stat().st_size
+    assert manifest["facts"]["quantized_ops"]["MatMulNBits"] > 0
+
+
+def test_changed_parameter_rebuilds_only_that_variant(tiny_artifacts: dict, tiny_suite_file: Path, shared_cache: Path) -> None:
+    suite = load_suite(tiny_suite_file)
+    logged: list[str] = []
+    factory = VariantFactory(suite, shared_cache, logged.append)
+    changed = dataclasses.replace(suite.variant("int4"), params={"block_size": 16})
+    artifact = factory.artifact(changed)
+    assert artifact.key != tiny_artifacts["int4"].key
+    assert [line for line in logged if line.startswith("building")] == ["building int4_weight_only {'block_size': 16, 'symmetric': True, 'bits': 4, 'accuracy_level': None}"]
+
+
+def test_unknown_recipe_parameter_is_refused(tiny_suite_file: Path, shared_cache: Path) -> None:
+    suite = load_suite(tiny_suite_file)
+    wrong = dataclasses.replace(suite.variant("int4"), params={"blocksize": 16})
+    with pytest.raises(BuildError, match="has no parameter 'blocksize'; it takes block_size"):
+        VariantFactory(suite, shared_cache).artifact(wrong)

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgegate import gate
+from edgegate.gate import Threshold
+
+
+def rules(**limits: tuple[str, float]) -> dict[str, tuple[Threshold, ...]]:
+    return {metric: (Threshold(metric, kind, limit),) for metric, (kind, limit) in limits.items()}
+
+
+def test_absolute_limits() -> None:
+    thresholds = rules(decode_ms=("max", 50), top1_agreement=("min", 0.9))
+    assert gate.check(thresholds, {"decode_ms": 49.9, "top1_agreement": 0.95}, None) == []
+    breaches = gate.check(thresholds, {"decode_ms": 50.1, "top1_agreement": 0.8}, None)
+    assert [b.threshold.metric for b in breaches] == ["decode_ms", "top1_agreement"]
+    assert breaches[0].reason == "decode_ms = 50.1 ms > limit 50"
+    assert breaches[1].reason == "top1_agreement = 0.8 < limit 0.9"
+
+
+def test_ratio_limits_use_the_reference() -> None:
+    thresholds = rules(perplexity=("max_ratio", 1.10))
+    assert gate.check(thresholds, {"perplexity": 12.0}, {"perplexity": 11.0}) == []
+    (breach,) = gate.check(thresholds, {"perplexity": 12.5}, {"perplexity": 11.0})
+    assert breach.limit_value is not None and abs(breach.limit_value - 12.1) < 1e-9
+    assert "(1.1 x reference 11)" in breach.reason
+
+
+def test_unmeasured_metric_is_a_breach_with_its_reason() -> None:
+    thresholds = rules(power_w=("max", 5))
+    (breach,) = gate.check(thresholds, {"power_w": None}, None, {"power_w": "unavailable: no sensor"})
+    assert "cannot be checked: power_w unavailable: no sensor" in breach.reason
+
+
+def test_missing_reference_value_is_a_breach() -> None:
+    (breach,) = gate.check(rules(size_mb=("max_ratio", 0.3)), {"size_mb": 10.0}, {})
+    assert "no reference value" in breach.reason
+
+
+def test_later_layers_override_per_metric(tmp_path: Path) -> None:
+    suite = gate.parse_thresholds(tmp_path / "s.yaml", "thresholds", {"decode_ms": {"max": 100}, "size_mb": {"max": 9}})
+    device = gate.parse_thresholds(tmp_path / "d.yaml", "thresholds", {"decode_ms": {"max": 300}})
+    merged = gate.merge(suite, device)
+    assert merged["decode_ms"][0].limit == 300 and merged["size_mb"][0].limit == 9

@@ -1,0 +1,88 @@
+"""The on-device runner, run as a real subprocess through the local transport."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgegate.errors import RunnerError
+from edgegate.profiles import DeviceProfile
+from edgegate.transport import LocalTransport
+
+pytestmark = pytest.mark.slow
+RUNNER = Path(__file__).resolve().parent.parent / "harness" / "runner"
+
+
+def run(job: dict, tmp_path: Path) -> list[dict]:
+    transport = LocalTransport(DeviceProfile(name="local", path=tmp_path / "p.yaml", transport="local",
+                                             python="auto", work_dir=str(tmp_path)))
+    return list(transport.run_job(job, timeout_s=120))
+
+
+def job_for(model: Path, windows: list[list[int]], **accuracy: str) -> dict:
+    prompt = windows[0][:10]
+    return {"model": str(model), "providers": ["CPUExecutionProvider"], "threads": 1, "measurements": {
+        "prefill": {"prompt_ids": prompt, "warmup": 1, "repetitions": 3},
+        "decode": {"prompt_ids": prompt, "tokens": 3, "warmup": 0, "repetitions": 2},
+        "accuracy": {"windows": windows, **accuracy}}}
+
+
+def metrics(events: list[dict]) -> dict:
+    return {e["name"]: e for e in events if e["event"] == "metric"}
+
+
+def test_perplexity_matches_torch_and_self_kl_is_zero(tiny_artifacts: dict, tiny_model_dir: Path, tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    windows = [list(range(5, 37)), list(range(40, 72))]
+    saved = tmp_path / "ref.npy"
+    first = metrics(run(job_for(tiny_artifacts["fp32"].model, windows, save_logprobs=str(saved)), tmp_path))
+    again = metrics(run(job_for(tiny_artifacts["fp32"].model, windows, reference_logprobs=str(saved)), tmp_path))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        losses = [model(torch.tensor([w]), labels=torch.tensor([w])).loss.item() for w in windows]
+    assert first["perplexity"]["value"] == pytest.approx(float(np.exp(np.mean(losses))), rel=1e-4)
+    assert again["kl_mean"]["value"] == pytest.approx(0.0, abs=1e-6)
+    assert again["top1_agreement"]["value"] == 1.0
+    assert len(first["decode_ms"]["samples"]) == 6 and len(first["prefill_ms"]["samples"]) == 3
+
+
+def test_quantized_variant_differs_from_reference(tiny_artifacts: dict, tmp_path: Path) -> None:
+    windows = [list(range(5, 37))]
+    saved = tmp_path / "ref.npy"
+    run(job_for(tiny_artifacts["fp32"].model, windows, save_logprobs=str(saved)), tmp_path)
+    int4 = metrics(run(job_for(tiny_artifacts["int4"].model, windows, reference_logprobs=str(saved)), tmp_path))
+    assert 0 < int4["kl_mean"]["value"] <= int4["kl_max"]["value"]
+    assert int4["size_mb"]["value"] < 0.5 * metrics(run(job_for(tiny_artifacts["fp32"].model, windows), tmp_path))["size_mb"]["value"]
+
+
+def test_failed_measurement_is_reported_and_others_go_on(tiny_artifacts: dict, tmp_path: Path) -> None:
+    job = job_for(tiny_artifacts["fp32"].model, [list(range(5, 37))], reference_logprobs=str(tmp_path / "missing.npy"))
+    events = run(job, tmp_path)
+    errors = [e for e in events if e["event"] == "error"]
+    assert [e["measurement"] for e in errors] == ["accuracy"]
+    assert "missing.npy" in errors[0]["message"]
+    assert {"decode_ms", "prefill_ms", "perplexity"} <= set(metrics(events))
+
+
+def test_unloadable_model_raises_with_the_runner_output(tmp_path: Path) -> None:
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"not an onnx file")
+    with pytest.raises(RunnerError, match="runner on local exited with 1"):
+        run(job_for(bad, [list(range(5, 37))]), tmp_path)
+
+
+def test_runner_imports_nothing_else_from_edgegate() -> None:
+    for source in RUNNER.glob("*.py"):
+        tree = ast.parse(source.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                assert node.module.split(".")[0] not in ("edgegate", "harness"), source
+            if isinstance(node, ast.ImportFrom) and node.level > 1:
+                pytest.fail(f"{source.name} reaches outside the runner package")
+            if isinstance(node, ast.Import):
+                assert all(a.name.split(".")[0] not in ("edgegate", "harness") for a in node.names), source
