@@ -89,7 +89,8 @@ class RunSession:
         if variant.name == suite.reference:
             thresholds = _absolute_only(thresholds)
         else:
-            reference = self.measure(suite, device, suite.variant(suite.reference)).values()
+            reference_result = self._reference(suite, device)
+            reference = reference_result.values() if reference_result else {}
         breaches = gate.check(thresholds, result.values(), reference, result.notes())
         self.store.append_verdict({
             "run_id": self.run_id, "time": _now(), "suite": suite.name, "device": device.name,
@@ -108,6 +109,14 @@ class RunSession:
         for transport in self._transports.values():
             transport.close()
         self._transports.clear()
+
+    def _reference(self, suite: Suite, device: DeviceProfile) -> VariantResult | None:
+        """The reference's result, or None if it failed: the others are still measured, and
+        every limit relative to the reference then reports that it cannot be checked."""
+        try:
+            return self.measure(suite, device, suite.variant(suite.reference))
+        except EdgeGateError:
+            return None
 
     def _transport(self, device: DeviceProfile) -> Transport:
         if device.name not in self._transports:
@@ -138,8 +147,8 @@ class RunSession:
         if variant.name == suite.reference:
             accuracy["save_logprobs"] = logprobs_path
         else:
-            reference = self.measure(suite, device, suite.variant(suite.reference))
-            if "perplexity" in reference.metrics:
+            reference = self._reference(suite, device)
+            if reference is not None and "perplexity" in reference.metrics:
                 accuracy["reference_logprobs"] = logprobs_path
         return {
             "model": str(artifact.model),

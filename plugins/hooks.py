@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from edgegate.errors import EdgeGateError
+from edgegate.profiles import find_profile
 
 from .items import SuiteFile, VariantItem, is_suite_file
 from .options import add_options, settings_from
@@ -20,16 +21,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "edgegate(device, variant): an EdgeGate measurement item")
-    config.stash[SETTINGS_KEY] = settings_from(config.getoption, Path(config.rootpath))
+    settings = settings_from(config.getoption, Path(config.rootpath))
+    config.stash[SETTINGS_KEY] = settings
+    if config.getoption("edgegate_devices"):  # asked for by name: a wrong one is a usage error
+        try:
+            for name in settings.devices:
+                find_profile(name, settings.profiles_dir)
+        except EdgeGateError as exc:
+            raise pytest.UsageError(str(exc)) from None
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     if not is_suite_file(file_path.name):
         return None
-    try:
-        recorder(parent.config)
-    except EdgeGateError as exc:
-        raise pytest.UsageError(str(exc)) from None
     return SuiteFile.from_parent(parent, path=file_path)
 
 

@@ -52,6 +52,7 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_project(pytester: pytest.Pytester, tiny_model_dir: Path) -> Path:
     """A project folder with a local profile and a suite over the tiny model."""
     root = pytester.path
+    pytester.makeini("[pytest]\n")  # pins pytest's rootdir, where profiles and reports are found
     shutil.copytree(tiny_model_dir, root / "suites" / "tiny_model")
     (root / "device_profiles").mkdir()
     (root / "device_profiles" / "local.yaml").write_text(LOCAL_PROFILE.format(work_dir=root / "device-work"))

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgegate.variants.export import fold_transposed_weights
+from edgegate.variants.graph_passes import fold_transposed_weights
 
 pytestmark = pytest.mark.slow
 

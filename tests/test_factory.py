@@ -34,7 +34,8 @@ def test_changed_parameter_rebuilds_only_that_variant(tiny_artifacts: dict, tiny
     changed = dataclasses.replace(suite.variant("int4"), params={"block_size": 16})
     artifact = factory.artifact(changed)
     assert artifact.key != tiny_artifacts["int4"].key
-    assert [line for line in logged if line.startswith("building")] == ["building int4_weight_only {'block_size': 16, 'symmetric': True, 'bits': 4, 'accuracy_level': None}"]
+    builds = [line for line in logged if line.startswith("building")]
+    assert len(builds) == 1 and builds[0].startswith("building int4_weight_only {'block_size': 16")
 
 
 def test_unknown_recipe_parameter_is_refused(tiny_suite_file: Path, shared_cache: Path) -> None:

@@ -57,7 +57,7 @@ def test_quantized_variant_differs_from_reference(tiny_artifacts: dict, tmp_path
     run(job_for(tiny_artifacts["fp32"].model, windows, save_logprobs=str(saved)), tmp_path)
     int4 = metrics(run(job_for(tiny_artifacts["int4"].model, windows, reference_logprobs=str(saved)), tmp_path))
     assert 0 < int4["kl_mean"]["value"] <= int4["kl_max"]["value"]
-    assert int4["size_mb"]["value"] < 0.5 * metrics(run(job_for(tiny_artifacts["fp32"].model, windows), tmp_path))["size_mb"]["value"]
+    assert int4["size_mb"]["value"] < 0.7 * metrics(run(job_for(tiny_artifacts["fp32"].model, windows), tmp_path))["size_mb"]["value"]
 
 
 def test_failed_measurement_is_reported_and_others_go_on(tiny_artifacts: dict, tmp_path: Path) -> None:

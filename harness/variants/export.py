@@ -7,12 +7,13 @@ runner discovers the layer count from these names, so any decoder exported here 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
-from onnx import numpy_helper
+
+from .graph_passes import fold_transposed_weights
 
 EXPORT_EXAMPLE_BATCH = 2  # a batch of 1 would freeze the batch dimension in the graph
 EXPORT_EXAMPLE_SEQ = 5
@@ -25,7 +26,8 @@ def export_causal_lm(model: Any, out_path: Path, opset: int = 18) -> None:
 
     wrapper = _CausalLMWithPast(model)
     args, dynamic_shapes, input_names, output_names = _example_inputs(model.config)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's own deprecations, not the user's
         program = torch.onnx.export(
             wrapper,
             args,
@@ -56,67 +58,6 @@ def untie_lm_head(model: Any) -> None:
     if head is not None and head.weight.data_ptr() == embedding.weight.data_ptr():
         head.weight = torch.nn.Parameter(embedding.weight.detach().clone())
         model.config.tie_word_embeddings = False
-
-
-def fold_transposed_weights(graph: onnx.ModelProto) -> int:
-    """Replace ``MatMul(x, Transpose(W))`` by ``MatMul(x, W')`` with W' stored transposed.
-
-    Returns how many were folded. Quantizers only consider MatMuls whose weight input is an
-    initializer.
-    """
-    inits = {init.name: init for init in graph.graph.initializer}
-    producers = {out: node for node in graph.graph.node for out in node.output}
-    consumers: dict[str, int] = {}
-    for node in graph.graph.node:
-        for name in node.input:
-            consumers[name] = consumers.get(name, 0) + 1
-    folded = 0
-    for node in graph.graph.node:
-        if node.op_type != "MatMul":
-            continue
-        transpose = producers.get(node.input[1])
-        if not _is_foldable_transpose(transpose, inits, consumers):
-            continue
-        weight = numpy_helper.to_array(inits[transpose.input[0]])
-        perm = _perm_of(transpose, weight.ndim)
-        new_name = f"{transpose.input[0]}__transposed"
-        graph.graph.initializer.append(
-            numpy_helper.from_array(np.ascontiguousarray(weight.transpose(perm)), new_name)
-        )
-        node.input[1] = new_name
-        folded += 1
-    _drop_dead_nodes_and_initializers(graph)
-    return folded
-
-
-def _is_foldable_transpose(node: Any, inits: dict[str, Any], consumers: dict[str, int]) -> bool:
-    return (
-        node is not None
-        and node.op_type == "Transpose"
-        and node.input[0] in inits
-        and consumers.get(node.output[0], 0) == 1
-    )
-
-
-def _perm_of(node: onnx.NodeProto, ndim: int) -> list[int]:
-    for attr in node.attribute:
-        if attr.name == "perm":
-            return list(attr.ints)
-    return list(reversed(range(ndim)))
-
-
-def _drop_dead_nodes_and_initializers(graph: onnx.ModelProto) -> None:
-    needed = {out.name for out in graph.graph.output}
-    live_nodes = []
-    for node in reversed(graph.graph.node):
-        if any(out in needed for out in node.output):
-            live_nodes.append(node)
-            needed.update(node.input)
-    del graph.graph.node[:]
-    graph.graph.node.extend(reversed(live_nodes))
-    live_inits = [init for init in graph.graph.initializer if init.name in needed]
-    del graph.graph.initializer[:]
-    graph.graph.initializer.extend(live_inits)
 
 
 class _CausalLMWithPast:  # wrapped lazily so importing this module does not import torch

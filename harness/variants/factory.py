@@ -66,6 +66,7 @@ class VariantFactory:
             "parent": parent.key if parent else None,
             "base_model": base_hash,
             "tools": cache.tool_versions(recipe.TOOLS),
+            "code": cache.code_hash(recipe, *getattr(recipe, "USES", ())),
         }
         key = cache.cache_key(inputs)
         if key in self._built:

@@ -1,7 +1,7 @@
 """One recipe per file. A recipe turns its parent artifact (or the base model) into a variant.
 
 Each module defines ``NAME``, ``PARENT`` (a recipe name, or None for one built from the base
-model), ``TOOLS`` (packages whose versions enter the cache key), ``DEFAULTS`` and
+model), ``TOOLS`` (packages whose versions enter the cache key), ``DEFAULTS``, optionally ``USES`` (helper modules whose source enters the key) and
 ``build(ctx) -> dict`` (facts for the manifest). Heavy imports stay inside ``build``.
 """
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..export import export_causal_lm, untie_lm_head
+from .. import export, graph_passes
 from ._context import TOKENIZER_FILE, BuildContext
 
 NAME = "export_fp32"
 PARENT = None
 TOOLS = ("torch", "transformers", "gguf", "onnx", "onnxscript")
-DEFAULTS: dict[str, Any] = {"opset": 18}
+USES = (export, graph_passes)  # modules whose code shapes the artifact
+DEFAULTS: dict[str, Any] = {"opset": 21}  # 21: int4 tensors, for embeddings quantized to 4 bits
 
 
 def build(ctx: BuildContext) -> dict[str, Any]:
@@ -18,9 +19,9 @@ def build(ctx: BuildContext) -> dict[str, Any]:
 
     ctx.log("loading the base model with transformers (a GGUF is dequantized to fp32)")
     model, tokenizer = load_for_export(ctx.base)
-    untie_lm_head(model)
+    export.untie_lm_head(model)
     ctx.log("exporting to ONNX with torch.onnx (dynamo); this takes minutes for a real model")
-    export_causal_lm(model, ctx.out_model, opset=int(ctx.params["opset"]))
+    export.export_causal_lm(model, ctx.out_model, opset=int(ctx.params["opset"]))
     tokenizer.save_pretrained(ctx.out_dir)
     for extra in ctx.out_dir.iterdir():
         if extra.name not in (TOKENIZER_FILE, ctx.out_model.name):

@@ -1,0 +1,138 @@
+"""Small rewrites of ONNX graphs that the recipes need and the stock tools do not do."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, numpy_helper
+
+
+def fold_transposed_weights(graph: onnx.ModelProto) -> int:
+    """Replace ``MatMul(x, Transpose(W))`` by ``MatMul(x, W')`` with W' stored transposed.
+
+    Returns how many were folded. Quantizers only consider MatMuls whose weight input is an
+    initializer.
+    """
+    inits = {init.name: init for init in graph.graph.initializer}
+    producers = {out: node for node in graph.graph.node for out in node.output}
+    consumers: dict[str, int] = {}
+    for node in graph.graph.node:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    folded = 0
+    for node in graph.graph.node:
+        if node.op_type != "MatMul":
+            continue
+        transpose = producers.get(node.input[1])
+        if not _is_foldable_transpose(transpose, inits, consumers):
+            continue
+        weight = numpy_helper.to_array(inits[transpose.input[0]])
+        perm = _perm_of(transpose, weight.ndim)
+        new_name = f"{transpose.input[0]}__transposed"
+        graph.graph.initializer.append(
+            numpy_helper.from_array(np.ascontiguousarray(weight.transpose(perm)), new_name)
+        )
+        node.input[1] = new_name
+        folded += 1
+    _drop_dead_nodes_and_initializers(graph)
+    return folded
+
+
+def _is_foldable_transpose(node: Any, inits: dict[str, Any], consumers: dict[str, int]) -> bool:
+    return (
+        node is not None
+        and node.op_type == "Transpose"
+        and node.input[0] in inits
+        and consumers.get(node.output[0], 0) == 1
+    )
+
+
+def _perm_of(node: onnx.NodeProto, ndim: int) -> list[int]:
+    for attr in node.attribute:
+        if attr.name == "perm":
+            return list(attr.ints)
+    return list(reversed(range(ndim)))
+
+
+def _drop_dead_nodes_and_initializers(graph: onnx.ModelProto) -> None:
+    """Keep only what the graph outputs depend on; works whatever the order of the node list."""
+    producers = {out: node for node in graph.graph.node for out in node.output}
+    needed = {out.name for out in graph.graph.output}
+    pending = list(needed)
+    index_of = {out: index for index, node in enumerate(graph.graph.node) for out in node.output}
+    live: set[int] = set()
+    while pending:
+        name = pending.pop()
+        if name not in producers or index_of[name] in live:
+            continue
+        node = producers[name]
+        live.add(index_of[name])
+        for name in node.input:
+            if name and name not in needed:
+                needed.add(name)
+                pending.append(name)
+    kept_nodes = [node for index, node in enumerate(graph.graph.node) if index in live]
+    del graph.graph.node[:]
+    graph.graph.node.extend(kept_nodes)
+    live_inits = [init for init in graph.graph.initializer if init.name in needed]
+    del graph.graph.initializer[:]
+    graph.graph.initializer.extend(live_inits)
+
+
+def rms_norm_chains(graph: onnx.ModelProto) -> list[str]:
+    """Names of the nodes computing RMS norms' ``1/sqrt(mean(x^2) + eps)`` (Pow ... Reciprocal).
+
+    In fp16 the mean of squares of a small LLM's residual stream overflows (values of a few
+    hundred square past 65504), so these nodes must stay in fp32.
+    """
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    names: list[str] = []
+    for node in graph.graph.node:
+        if node.op_type == "Pow":
+            chain = _single_consumer_chain(node, consumers, until="Reciprocal", limit=6)
+            names += [n.name for n in chain]
+    return names
+
+
+def _single_consumer_chain(start: onnx.NodeProto, consumers: dict[str, list[onnx.NodeProto]],
+                           until: str, limit: int) -> list[onnx.NodeProto]:
+    chain = [start]
+    while chain[-1].op_type != until and len(chain) < limit:
+        following = consumers.get(chain[-1].output[0], [])
+        if len(following) != 1:
+            return []
+        chain.append(following[0])
+    return chain if chain[-1].op_type == until else []
+
+
+def drop_round_trip_casts(graph: onnx.ModelProto, fp32_ops: Iterable[str], fp32_nodes: Iterable[str]) -> int:
+    """Remove Cast(fp16) -> Cast(fp32) pairs between two nodes kept in fp32.
+
+    onnxruntime's fp16 converter casts every kept-fp32 node's output to fp16 and back, so a
+    chain of kept nodes still overflows in between. Returns how many pairs were removed.
+    """
+    ops, nodes = set(fp32_ops), set(fp32_nodes)
+    producers = {out: node for node in graph.graph.node for out in node.output}
+    removed = 0
+    for node in graph.graph.node:
+        first = producers.get(node.input[0]) if _is_cast(node, TensorProto.FLOAT) else None
+        if first is None or not _is_cast(first, TensorProto.FLOAT16):
+            continue
+        source = producers.get(first.input[0])
+        if source is not None and (source.op_type in ops or source.name in nodes):
+            node.op_type = "Identity"
+            del node.attribute[:]
+            node.input[0] = first.input[0]
+            removed += 1
+    _drop_dead_nodes_and_initializers(graph)
+    return removed
+
+
+def _is_cast(node: onnx.NodeProto, to: int) -> bool:
+    return node.op_type == "Cast" and any(a.name == "to" and a.i == to for a in node.attribute)
