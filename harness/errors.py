@@ -35,5 +35,25 @@ class RunnerError(EdgeGateError):
         super().__init__(message + detail)
 
 
+class TransportError(EdgeGateError):
+    """A command or transfer on a device failed."""
+
+
+class DeviceUnreachable(TransportError):
+    """The device did not answer (after retries)."""
+
+
+class HostKeyError(TransportError):
+    """The device's host key is unknown or has changed; the message says how to proceed."""
+
+
+class DeployError(TransportError):
+    """An upload could not be completed and verified."""
+
+
+class DeviceNotReady(EdgeGateError):
+    """The device lacks what the runner needs; the message says how to install it."""
+
+
 class StoreError(EdgeGateError):
     """The history store cannot be read or written."""

@@ -6,11 +6,12 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from . import evaldata, gate
-from .errors import BuildError, EdgeGateError, RunnerError
+from . import devicecheck, evaldata, gate
+from .devicecheck import DeviceReport
+from .errors import BuildError, DeviceNotReady, EdgeGateError, RunnerError
 from .profiles import DeviceProfile
 from .stats import Summary, summarize
 from .store import HistoryStore
@@ -52,7 +53,7 @@ class RunSession:
     """Memoizes builds and measurements so a reference is measured once per device."""
 
     def __init__(self, run_id: str, git_commit: str, store: HistoryStore, cache_root: Path,
-                 log: Callable[[str], None] = lambda _: None) -> None:
+                 log: Callable[[str], None] = lambda _: None, accept_new_host_keys: bool = False) -> None:
         self.run_id = run_id
         self.git_commit = git_commit
         self.store = store
@@ -62,6 +63,9 @@ class RunSession:
         self._results: dict[tuple[Path, str, str], VariantResult] = {}
         self._transports: dict[str, Transport] = {}
         self._failures: dict[tuple[Path, str, str], EdgeGateError] = {}
+        self._device_failures: dict[str, EdgeGateError] = {}
+        self.device_reports: dict[str, DeviceReport] = {}
+        self.accept_new_host_keys = accept_new_host_keys
 
     def factory(self, suite: Suite) -> VariantFactory:
         if suite.path not in self._factories:
@@ -120,16 +124,43 @@ class RunSession:
 
     def _transport(self, device: DeviceProfile) -> Transport:
         if device.name not in self._transports:
-            self._transports[device.name] = open_transport(device)
+            self._transports[device.name] = open_transport(device, self.accept_new_host_keys)
         return self._transports[device.name]
+
+    def ready_transport(self, device: DeviceProfile) -> Transport:
+        """The device's transport after a successful probe and runner deploy (once per device).
+
+        A device that failed this once fails every later item at once with the same reason,
+        instead of each one waiting for its own timeouts.
+        """
+        if device.name in self._device_failures:
+            raise self._device_failures[device.name]
+        transport = self._transport(device)
+        if device.name in self.device_reports:
+            return transport
+        try:
+            report = devicecheck.probe(device.name, transport, device.execution_providers)
+            if not report.ready:
+                raise DeviceNotReady(report.explain())
+            transport.ensure_runner()
+        except EdgeGateError as exc:
+            self._device_failures[device.name] = exc
+            raise
+        self.log(report.explain())
+        self.device_reports[device.name] = report
+        return transport
 
     def _measure(self, suite: Suite, device: DeviceProfile, variant: VariantSpec) -> VariantResult:
         artifact = self.factory(suite).artifact(variant)
         self.store.append_artifact(self.run_id, suite.name, variant.name, artifact.recipe, artifact.key, artifact.manifest)
+        transport = self.ready_transport(device)
         job = self._job(suite, device, variant, artifact)
+        hashes = {name: facts["sha256"] for name, facts in artifact.manifest["files"].items()
+                  if name != artifact.tokenizer.name}  # tokenizing happens here, not on the device
+        job["model"] = str(PurePosixPath(transport.stage(artifact.folder, hashes), artifact.model.name))
         self.log(f"measuring {variant.name} on {device.name}")
         result = VariantResult(suite.name, device.name, variant.name)
-        for event in self._transport(device).run_job(job, JOB_TIMEOUT_S):
+        for event in transport.run_job(job, JOB_TIMEOUT_S):
             self._take(event, result)
         return result
 
@@ -151,7 +182,6 @@ class RunSession:
             if reference is not None and "perplexity" in reference.metrics:
                 accuracy["reference_logprobs"] = logprobs_path
         return {
-            "model": str(artifact.model),
             "backend": "onnxruntime",
             "providers": list(device.execution_providers),
             "threads": device.threads,

@@ -22,6 +22,8 @@ def add_options(addoption: Callable[..., Any], prefix: str = "--edgegate-") -> N
               help="where HTML reports go (default: <rootdir>/reports)")
     addoption(f"{prefix}cache", dest="edgegate_cache", metavar="DIR", default=None,
               help="variant build cache (default: $EDGEGATE_CACHE_DIR or ~/.cache/edgegate)")
+    addoption(f"{prefix}accept-new-host-keys", dest="edgegate_accept_new_host_keys", action="store_true",
+              default=False, help="trust and record the SSH host key of a device seen for the first time")
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class Settings:
     reports_dir: Path
     cache_dir: Path
     rootdir: Path
+    accept_new_host_keys: bool = False
 
 
 def settings_from(getoption: Callable[[str], Any], rootdir: Path) -> Settings:
@@ -47,4 +50,5 @@ def settings_from(getoption: Callable[[str], Any], rootdir: Path) -> Settings:
         reports_dir=path("edgegate_reports", rootdir / "reports"),
         cache_dir=path("edgegate_cache", cache_default.expanduser()),
         rootdir=rootdir,
+        accept_new_host_keys=bool(getoption("edgegate_accept_new_host_keys")),
     )

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from edgegate import environment
-from edgegate.errors import EdgeGateError
 from edgegate.profiles import DeviceProfile, find_profile
 from edgegate.report import render_run
 from edgegate.session import RunSession
@@ -34,7 +33,7 @@ class Recorder:
         self.store = HistoryStore(settings.history)
         self.suites: list[str] = []
         self.session = RunSession(self.run_id, environment.git_commit(settings.rootdir), self.store,
-                                  settings.cache_dir, self.log)
+                                  settings.cache_dir, self.log, settings.accept_new_host_keys)
         self.report: Path | None = None
         self.report_error: str | None = None
         self._started = False
@@ -63,8 +62,9 @@ class Recorder:
         self.store.finish_run(self.run_id, _now(), int(exitstatus))
         try:
             self.report = render_run(self.store, self.run_id, self.settings.reports_dir)
-        except (OSError, EdgeGateError) as exc:
-            self.report_error = f"could not write the report: {exc}"
+        except Exception as exc:  # noqa: BLE001 - the history is safe; say so instead of a traceback
+            self.report_error = (f"could not write the report ({type(exc).__name__}: {exc}); every result is in "
+                                 f"{self.settings.history}: re-render with `edgegate report {self.run_id}`")
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         if not self._started:

@@ -86,3 +86,11 @@ def test_runner_imports_nothing_else_from_edgegate() -> None:
                 pytest.fail(f"{source.name} reaches outside the runner package")
             if isinstance(node, ast.Import):
                 assert all(a.name.split(".")[0] not in ("edgegate", "harness") for a in node.names), source
+
+
+def test_peak_rss_is_the_runners_own_not_its_parents(tiny_artifacts: dict, tmp_path: Path) -> None:
+    ballast = np.ones(800 * 1024 * 1024 // 8)  # 800 MB touched in this (parent) process
+    events = run(job_for(tiny_artifacts["fp32"].model, [list(range(5, 37))]), tmp_path)
+    peak = metrics(events)["peak_rss_mb"]["value"]
+    assert 10 < peak < 600, peak  # a runner with a tiny model needs ~100 MB; ru_maxrss would say > 800
+    assert ballast[-1] == 1.0

@@ -45,7 +45,9 @@ def run_context(store: HistoryStore, run_id: str) -> dict[str, Any]:
     results = store.frame("results", run_id)
     verdicts = store.frame("verdicts", run_id)
     artifacts = store.frame("artifacts", run_id)
-    run = runs.iloc[0].to_dict() if len(runs) else {"run_id": run_id}
+    run = runs.iloc[0].to_dict() if len(runs) else {"run_id": run_id, "suites": "[]", "devices": "[]"}
+    run["suite_names"] = ", ".join(Path(p).name for p in json.loads(run.get("suites") or "[]"))
+    run["device_names"] = ", ".join(json.loads(run.get("devices") or "[]"))
     rows = _rows(results, verdicts)
     return {
         "run": run,
@@ -86,7 +88,8 @@ def _cell(record: dict[str, Any] | None) -> Cell:
         return Cell("—", "not measured", unavailable=True)
     value = record.get("value")
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return Cell(record.get("note") or "unavailable", record.get("note") or "", unavailable=True)
+        note = record.get("note") or "unavailable"
+        return Cell(note.split(" (")[0], note, unavailable=True)
     text = _format(float(value))
     title = ""
     if record.get("n") and not pd.isna(record.get("n")):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -84,8 +85,30 @@ def _decode_round(backend: CausalLMBackend, prompt: np.ndarray, tokens: int) -> 
 
 
 def peak_rss() -> Iterator[Event]:
-    """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
-    yield metric("peak_rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6, "MB")
+    """Peak resident memory of this process so far.
+
+    Linux's VmHWM belongs to the process's own address space. ru_maxrss is not used there: it
+    survives fork and exec, so a runner started by a large parent (pytest with torch loaded)
+    would report the parent's peak.
+    """
+    high_water = _vm_hwm_bytes()
+    if high_water is not None:
+        yield metric("peak_rss_mb", high_water / 1e6, "MB")
+        return
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
+    yield metric("peak_rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 1e6, "MB",
+                 note="from ru_maxrss, which may include the parent's peak")
+
+
+def _vm_hwm_bytes() -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def accuracy(backend: CausalLMBackend, job: dict[str, Any]) -> Iterator[Event]:

@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 
-class Transport(Protocol):
-    """Runs the on-device runner with a job and yields its JSON-lines events as they arrive."""
+@dataclass(frozen=True)
+class CommandResult:
+    argv: tuple[str, ...]
+    exit_status: int
+    stdout: str
+    stderr: str
 
-    def run_job(self, job: dict[str, Any], timeout_s: float) -> Iterator[dict[str, Any]]: ...
+
+class Transport(Protocol):
+    """Runs commands and the on-device runner on one device, and puts files there."""
+
+    def run(self, argv: Sequence[str], timeout_s: float | None = None, stdin: bytes | None = None,
+            check: bool = False) -> CommandResult: ...
+
+    def python(self) -> str: ...
 
     def device_path(self, *parts: str) -> str: ...
+
+    def ensure_runner(self) -> None: ...
+
+    def stage(self, folder: Path, hashes: Mapping[str, str]) -> str:
+        """Make the artifact in ``folder`` available on the device; returns its folder there."""
+        ...
+
+    def run_job(self, job: dict[str, Any], timeout_s: float) -> Iterator[dict[str, Any]]: ...
 
     def close(self) -> None: ...

@@ -7,12 +7,13 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import RunnerError
+from ..errors import RunnerError, TransportError
 from ..profiles import DeviceProfile
+from .base import CommandResult
 
 RUNNER_MODULE = "edgegate.runner"
 
@@ -20,16 +21,39 @@ RUNNER_MODULE = "edgegate.runner"
 class LocalTransport:
     def __init__(self, profile: DeviceProfile) -> None:
         self.profile = profile
-        self.python = sys.executable if profile.python in ("", "auto") else profile.python
+        self.python_path = sys.executable if profile.python in ("", "auto") else profile.python
         self.work_dir = Path(os.path.expanduser(profile.work_dir))
 
     def device_path(self, *parts: str) -> str:
         return str(self.work_dir.joinpath(*parts))
 
+    def python(self) -> str:
+        return self.python_path
+
+    def run(self, argv: Sequence[str], timeout_s: float | None = None, stdin: bytes | None = None,
+            check: bool = False) -> CommandResult:
+        try:
+            done = subprocess.run(list(argv), input=stdin, capture_output=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise TransportError(f"`{' '.join(argv)[:120]}` timed out after {timeout_s:.0f} s") from None
+        except OSError as exc:
+            return CommandResult(tuple(argv), 127, "", str(exc))
+        result = CommandResult(tuple(argv), done.returncode, done.stdout.decode(errors="replace"),
+                               done.stderr.decode(errors="replace"))
+        if check and done.returncode != 0:
+            raise TransportError(f"`{' '.join(argv)[:120]}` exited with {done.returncode}: {result.stderr[-500:]}")
+        return result
+
+    def ensure_runner(self) -> None:
+        """The runner is this installation's own package: nothing to deploy."""
+
+    def stage(self, folder: Path, hashes: Mapping[str, str]) -> str:
+        return str(folder)
+
     def run_job(self, job: dict[str, Any], timeout_s: float) -> Iterator[dict[str, Any]]:
         """Start the runner, feed it ``job``, yield each event; a crash raises RunnerError."""
         process = subprocess.Popen(
-            [self.python, "-m", RUNNER_MODULE],
+            [self.python_path, "-m", RUNNER_MODULE],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         timed_out = threading.Event()

@@ -1,0 +1,31 @@
+"""``edgegate report [RUN_ID]``: render (again) the HTML report of a run from the history."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import StoreError
+from ..report import render_run
+from ..store import HistoryStore
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("report", help="render the HTML report of a past run")
+    parser.add_argument("run_id", nargs="?", help="run id (default: the newest run)")
+    parser.add_argument("--history", type=Path, default=Path("reports/history.sqlite"))
+    parser.add_argument("--out", type=Path, default=Path("reports"), help="folder for runs/<id>.html and latest.html")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace, out: Callable[[str], None] = print) -> int:
+    if not args.history.exists():
+        raise StoreError(f"{args.history}: no history here; run a suite first or pass --history")
+    store = HistoryStore(args.history)
+    runs = store.frame("runs").sort_values("started_at")
+    run_id = args.run_id or (runs.run_id.iloc[-1] if len(runs) else None)
+    if run_id is None or run_id not in set(runs.run_id):
+        raise StoreError(f"{args.history}: no run {run_id!r}; known: {', '.join(runs.run_id[-5:]) or 'none'}")
+    out(str(render_run(store, run_id, args.out)))
+    return 0

@@ -1,0 +1,99 @@
+"""Content-addressed upload: a folder of files lands under its hash, verified, renamed in whole.
+
+A tree (variant, runner, wheels) is uploaded into a temporary sibling, every file's sha256 is
+computed on the device and compared, and only then is the folder renamed to its final name. A
+final folder therefore always holds verified content; it is re-verified (not re-sent) on the
+next deploy, so a redeploy sends 0 bytes and a file damaged on the device is sent again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Protocol
+
+from .errors import DeployError
+from .variants.cache import file_sha256
+
+VERIFY_TIMEOUT_S = 600.0
+
+
+class FileTransport(Protocol):
+    """What deploying needs from a transport."""
+
+    def run(self, argv: list[str], timeout_s: float | None = None, stdin: bytes | None = None,
+            check: bool = False) -> object: ...
+
+    def put(self, local: Path, remote: str) -> int: ...
+
+    def device_path(self, *parts: str) -> str: ...
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    remote_dir: str
+    bytes_sent: int
+    files_sent: int
+    reused: bool
+    attempts: int
+
+
+def tree_digest(hashes: Mapping[str, str]) -> str:
+    """The identity of a folder: its relative file names and their contents' hashes."""
+    digest = hashlib.sha256()
+    for name in sorted(hashes):
+        digest.update(f"{name}\0{hashes[name]}\n".encode())
+    return digest.hexdigest()
+
+
+def deploy_tree(transport: FileTransport, files: Mapping[str, Path], kind: str,
+                hashes: Mapping[str, str] | None = None, attempts: int = 3) -> DeployResult:
+    """Make ``files`` (relative name -> local path) present under ``<work_dir>/<kind>/<digest>``."""
+    known = dict(hashes) if hashes else {name: file_sha256(path) for name, path in files.items()}
+    _check_names(known)
+    target = transport.device_path(kind, tree_digest(known)[:32])
+    if _verified(transport, target, known):
+        return DeployResult(target, 0, 0, True, 0)
+    sent = 0
+    for attempt in range(1, attempts + 1):
+        scratch = f"{target}.tmp-{secrets.token_hex(4)}"
+        sent += _upload(transport, files, scratch)
+        if _verified(transport, scratch, known):
+            _publish(transport, scratch, target)
+            return DeployResult(target, sent, len(files), False, attempt)
+        transport.run(["rm", "-rf", "--", scratch])
+    raise DeployError(f"upload to {target} failed verification {attempts} times (sha256 mismatch on the device)")
+
+
+def _check_names(hashes: Mapping[str, str]) -> None:
+    for name in hashes:
+        path = PurePosixPath(name)
+        if path.is_absolute() or ".." in path.parts or not path.parts:
+            raise DeployError(f"refusing to upload {name!r}: names must stay inside their folder")
+
+
+def _upload(transport: FileTransport, files: Mapping[str, Path], scratch: str) -> int:
+    folders = sorted({str(PurePosixPath(scratch, name).parent) for name in files})
+    transport.run(["mkdir", "-p", "--", *folders], check=True)
+    return sum(transport.put(path, str(PurePosixPath(scratch, name))) for name, path in files.items())
+
+
+def _verified(transport: FileTransport, folder: str, hashes: Mapping[str, str]) -> bool:
+    """True when every file exists in ``folder`` on the device with the expected sha256."""
+    names = sorted(hashes)
+    paths = [str(PurePosixPath(folder, name)) for name in names]
+    result = transport.run(["sha256sum", "--", *paths], timeout_s=VERIFY_TIMEOUT_S)
+    found = {}
+    for line in getattr(result, "stdout", "").splitlines():
+        digest, _, path = line.partition("  ")
+        found[path] = digest.lstrip("\\")
+    return all(found.get(path) == hashes[name] for path, name in zip(paths, names))
+
+
+def _publish(transport: FileTransport, scratch: str, target: str) -> None:
+    """Rename the verified folder into place; a stale (unverifiable) target is replaced."""
+    script = 'rm -rf -- "$1" && mv -T -- "$2" "$1"'
+    transport.run(["sh", "-c", script, "sh", target, scratch], check=True)

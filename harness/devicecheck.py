@@ -1,0 +1,113 @@
+"""Probe a device before measuring on it, and say plainly what is missing and how to fix it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+RUNNER_NEEDS = ("numpy", "onnxruntime", "psutil")
+PROBE_TIMEOUT_S = 60.0
+
+# Runs on the device with its python; standard library only, whatever is missing is reported.
+PROBE = r"""
+import json, os, platform, shutil, sys
+info = {"python": platform.python_version(), "executable": sys.executable, "machine": platform.machine(),
+        "system": platform.system(), "kernel": platform.release(), "libc": list(platform.libc_ver()),
+        "cpu_count": os.cpu_count()}
+for name in ("numpy", "onnxruntime", "psutil"):
+    try:
+        module = __import__(name)
+        info[name] = getattr(module, "__version__", "unknown")
+    except Exception as exc:
+        info[name] = None
+        info[name + "_error"] = type(exc).__name__ + ": " + str(exc)
+try:
+    import onnxruntime
+    info["providers"] = onnxruntime.get_available_providers()
+except Exception:
+    info["providers"] = []
+def first(path, keys):
+    try:
+        for line in open(path):
+            key, _, value = line.partition(":")
+            if key.strip() in keys:
+                return value.strip()
+    except OSError:
+        return None
+info["cpu_model"] = first("/proc/cpuinfo", ("model name", "Model", "Hardware")) or platform.processor()
+mem = first("/proc/meminfo", ("MemTotal",))
+info["memory_mb"] = int(mem.split()[0]) // 1024 if mem else None
+place = sys.argv[1]
+while place and not os.path.isdir(place):
+    place = os.path.dirname(place)
+try:
+    info["disk_free_mb"] = shutil.disk_usage(place or "/").free // (1024 * 1024)
+except OSError:
+    info["disk_free_mb"] = None
+print(json.dumps(info))
+"""
+
+
+class CommandRunner(Protocol):
+    def run(self, argv: list[str], timeout_s: float | None = None, stdin: bytes | None = None,
+            check: bool = False) -> Any: ...
+
+    def python(self) -> str: ...
+
+    def device_path(self, *parts: str) -> str: ...
+
+
+@dataclass(frozen=True)
+class DeviceReport:
+    device: str
+    facts: dict[str, Any] = field(default_factory=dict)
+    problems: tuple[str, ...] = ()
+
+    @property
+    def ready(self) -> bool:
+        return not self.problems
+
+    def explain(self) -> str:
+        if self.ready:
+            return f"device {self.device} is ready: " + _summary(self.facts)
+        lines = [f"device {self.device} is not ready:"] + [f"  - {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+def probe(device: str, runner: CommandRunner, providers: tuple[str, ...] = ()) -> DeviceReport:
+    """Run the probe with the device's python; missing modules and providers become problems."""
+    python = runner.python()
+    result = runner.run([python, "-c", PROBE, runner.device_path()], timeout_s=PROBE_TIMEOUT_S)
+    if result.exit_status != 0:
+        why = (result.stderr or "").strip().splitlines()[-1:] or [f"exit status {result.exit_status}"]
+        return DeviceReport(device, {}, (f"cannot run {python}: {why[0]}; install Python 3 on the device "
+                                          f"or set `python:` in its profile",))
+    facts = json.loads(result.stdout.strip().splitlines()[-1])
+    return DeviceReport(device, facts, tuple(_problems(device, facts, providers)))
+
+
+def _problems(device: str, facts: dict[str, Any], providers: tuple[str, ...]) -> list[str]:
+    problems = []
+    missing = [name for name in RUNNER_NEEDS if not facts.get(name)]
+    if missing:
+        details = "; ".join(facts.get(f"{name}_error", "missing") for name in missing)
+        problems.append(
+            f"{', '.join(missing)} not importable by {facts.get('executable')} ({details}). Fix: "
+            f"`edgegate devices setup {device}` (makes a venv on the device from wheels sent from here, "
+            f"no internet needed there), or on the device: pip install {' '.join(missing)}"
+        )
+    unavailable = [p for p in providers if facts.get("onnxruntime") and p not in facts.get("providers", [])]
+    if unavailable:
+        problems.append(f"execution providers {unavailable} not in this onnxruntime "
+                        f"({facts.get('providers')}); install the matching onnxruntime build or fix the profile")
+    if facts.get("disk_free_mb") is not None and facts["disk_free_mb"] < 1024:
+        problems.append(f"only {facts['disk_free_mb']} MB free in the work dir; variants need up to ~1 GB")
+    return problems
+
+
+def _summary(facts: dict[str, Any]) -> str:
+    return (f"python {facts.get('python')} ({facts.get('machine')}), onnxruntime {facts.get('onnxruntime')} "
+            f"{facts.get('providers')}, numpy {facts.get('numpy')}, psutil {facts.get('psutil')}, "
+            f"{facts.get('cpu_count')} x {facts.get('cpu_model')}, {facts.get('memory_mb')} MB RAM, "
+            f"{facts.get('disk_free_mb')} MB free")
