@@ -79,9 +79,13 @@ class HistoryStore:
                  json.dumps(run.environment)),
             )
 
-    def finish_run(self, run_id: str, finished_at: str, exit_status: int) -> None:
+    def finish_run(self, run_id: str, finished_at: str, exit_status: int,
+                   environment: dict[str, Any] | None = None) -> None:
+        """Close the run; ``environment`` (when given) replaces what was recorded at the start."""
         with closing(self._connect()) as db, db:
             db.execute("UPDATE runs SET finished_at = ?, exit_status = ? WHERE run_id = ?", (finished_at, exit_status, run_id))
+            if environment is not None:
+                db.execute("UPDATE runs SET environment = ? WHERE run_id = ?", (json.dumps(environment), run_id))
 
     def append_results(self, rows: Iterable[dict[str, Any]]) -> None:
         records = [tuple(_cell(row.get(col)) for col in RESULT_COLUMNS) for row in rows]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edgegate import environment
+from edgegate import benchjson, environment
 from edgegate.profiles import DeviceProfile, find_profile
 from edgegate.report import render_run
 from edgegate.session import RunSession
@@ -35,14 +35,16 @@ class Recorder:
         self.session = RunSession(self.run_id, environment.git_commit(settings.rootdir), self.store,
                                   settings.cache_dir, self.log, settings.accept_new_host_keys)
         self.report: Path | None = None
+        self.benchmark_files: list[Path] = []
+        self.environment: dict[str, object] = {}
         self.report_error: str | None = None
         self._started = False
 
     def start(self, suites: list[str]) -> None:
         self.suites = suites
+        self.environment = {"host": environment.host_manifest()}
         self.store.start_run(RunInfo(
-            self.run_id, _now(), self.session.git_commit, tuple(suites), tuple(self.profiles),
-            {"host": environment.host_manifest()},
+            self.run_id, _now(), self.session.git_commit, tuple(suites), tuple(self.profiles), self.environment,
         ))
         self._started = True
 
@@ -59,8 +61,11 @@ class Recorder:
         self.session.close()
         if not self._started:
             return
-        self.store.finish_run(self.run_id, _now(), int(exitstatus))
+        devices = {name: report.facts for name, report in self.session.device_reports.items()}
+        self.store.finish_run(self.run_id, _now(), int(exitstatus), {**self.environment, "devices": devices})
+        local = [name for name, profile in self.profiles.items() if profile.transport == "local"]
         try:
+            self.benchmark_files = benchjson.write_run(self.store, self.run_id, self.settings.reports_dir / "benchmarks", local)
             self.report = render_run(self.store, self.run_id, self.settings.reports_dir)
         except Exception as exc:  # noqa: BLE001 - the history is safe; say so instead of a traceback
             self.report_error = (f"could not write the report ({type(exc).__name__}: {exc}); every result is in "
@@ -73,6 +78,7 @@ class Recorder:
         terminalreporter.write_line(f"run {self.run_id}; history: {self.settings.history}")
         if self.report is not None:
             terminalreporter.write_line(f"report: {self.report}")
+            terminalreporter.write_line(f"pytest-benchmark files: {', '.join(map(str, self.benchmark_files))}")
             terminalreporter.write_line(f"latest: {self.settings.reports_dir / 'latest.html'}")
         if self.report_error:
             terminalreporter.write_line(self.report_error, red=True)

@@ -104,7 +104,7 @@ class SshDevice:
             "tags": ["namespace-device" if self.netns else "loopback-device"],
         }
         profile.update(extra)
-        return yaml.safe_dump(profile, sort_keys=False)
+        return str(yaml.safe_dump(profile, sort_keys=False))
 
 
 @dataclass
@@ -802,13 +802,14 @@ def remove_leftovers(prefix: str) -> None:
     """Remove everything a crashed farm with ``prefix`` left; each step runs even if one fails."""
     found = leftovers(prefix)
     cgroups = sorted({c.split("/", 1)[1] for c in found["cgroups"]})
-    steps: list[Step] = [(f"kill processes of {u}", partial(_kill_device_processes, None, None, u)) for u in found["users"]]
+    steps: list[Step] = []
+    steps += [(f"kill processes of {u}", partial(_kill_device_processes, None, None, u)) for u in found["users"]]
     steps += [(f"kill processes in {n}", partial(_kill_device_processes, n, None, None)) for n in found["netns"]]
     steps += [(f"kill processes in {g}", partial(_kill_device_processes, None, g, None)) for g in cgroups]
     steps += [(f"remove cgroup {g}", partial(_remove_cgroup, g)) for g in cgroups]
     steps += [(f"delete netns {n}", partial(_delete_netns, n)) for n in found["netns"]]
     steps += [(f"delete link {link}", partial(_delete_link, link)) for link in found["links"]]
-    steps.append(("delete orphaned guard routes", _delete_orphaned_routes))  # orphaned by the links' removal
+    steps.append(("delete orphaned guard routes", _delete_orphaned_routes))  # includes those just orphaned
     steps += [(f"delete user {u}", partial(_delete_user, u)) for u in found["users"]]
     _run_steps(steps, "could not remove leftovers")
 

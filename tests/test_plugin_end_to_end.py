@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -35,6 +36,9 @@ def test_suite_passes_records_and_reports(pytester: pytest.Pytester, tiny_projec
     latest = (tiny_project / "reports" / "latest.html").read_text()
     assert "int4" in latest and "unavailable: no sensor" in latest
     assert len(list((tiny_project / "reports" / "runs").glob("*.html"))) == 1
+    (bench_file,) = (tiny_project / "reports" / "benchmarks" / "edgegate-local").glob("0001_*.json")
+    names = {b["name"] for b in json.loads(bench_file.read_text())["benchmarks"]}
+    assert {"decode_ms[int4]", "prefill_ms[fp32]"} <= names
 
 
 def test_second_run_builds_nothing(pytester: pytest.Pytester, tiny_project: Path, shared_cache: Path) -> None:

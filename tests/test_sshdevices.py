@@ -40,12 +40,15 @@ def plain(farm: SshDeviceFarm) -> SshDevice:
     return farm.start("plain")
 
 
-def limited(farm: SshDeviceFarm, name: str, **limits: float) -> SshDevice:
+def limited(
+    farm: SshDeviceFarm, name: str, *, cpu_quota: float | None = None, memory_mb: int | None = None,
+    rate_mbit: float | None = None,
+) -> SshDevice:
     """Start a device with limits, skipping (not failing) where this machine cannot apply them."""
     if not farm.uses_namespaces:
         pytest.skip("limits need namespaced devices (root and ip netns)")
     try:
-        return farm.start(name, **limits)  # type: ignore[arg-type]
+        return farm.start(name, cpu_quota=cpu_quota, memory_mb=memory_mb, rate_mbit=rate_mbit)
     except DeviceLimitUnsupported as exc:
         pytest.skip(f"limit unsupported here: {exc}")
 
@@ -71,7 +74,9 @@ def run(device: SshDevice, command: str) -> tuple[int, str]:
 
 def host_key(device: SshDevice) -> str:
     with connect(device) as client:
-        return client.get_transport().get_remote_server_key().get_base64()  # type: ignore[union-attr]
+        transport = client.get_transport()
+        assert transport is not None
+        return str(transport.get_remote_server_key().get_base64())
 
 
 def test_login_as_device_user_with_known_host_key(plain: SshDevice, farm: SshDeviceFarm) -> None:
