@@ -102,7 +102,7 @@ def test_remote_paths_with_shell_metacharacters_stay_quoted(device, tmp_path: Pa
     source.write_bytes(b"data")
     result = deploy_tree(transport, {"it's here.bin": source}, "artifacts")
     assert result.remote_dir.startswith(work_dir)
-    home_listing = transport.run(["ls", "-a", device.home], check=True).stdout.split()
+    home_listing = transport.run(["ls", "-1a", device.home], check=True).stdout.splitlines()
     assert "PWNED" not in home_listing and "PWNED2" not in home_listing
     transport.close()
 
@@ -149,7 +149,7 @@ def test_device_that_is_down_is_reported_unreachable(farm, tmp_path: Path) -> No
     down = farm.start("down")
     farm.kill_sshd("down")
     transport = transport_for(down, tmp_path)
-    with pytest.raises(DeviceUnreachable, match=r"device dev \(.*\) is unreachable after 2 attempts"):
+    with pytest.raises(DeviceUnreachable, match=r"device down \(egt-down@.*\) is unreachable after 2 attempts: ConnectionRefused"):
         transport.run(["true"])
     farm.start_sshd("down")
     assert transport.run(["true"]).exit_status == 0

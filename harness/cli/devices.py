@@ -38,7 +38,8 @@ def run(args: argparse.Namespace, out: Callable[[str], None] = print) -> int:
         if args.action == "check":
             report = probe(profile.name, transport, profile.execution_providers)
         else:
-            report = setup_device(profile.name, transport, args.cache, log=out)
+            base = profile.python if profile.python not in ("", "auto") else "python3"
+            report = setup_device(profile.name, transport, args.cache, base_python=base, log=out)
     finally:
         transport.close()
     out(report.explain())

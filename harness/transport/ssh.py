@@ -202,12 +202,13 @@ class SshTransport:
             raise RunnerError(f"runner on {self.profile.name} exited with {status}", stderr=stderr.decode(errors="replace"))
 
     def python(self) -> str:
-        """The interpreter to run the runner with: the profile's, or the venv ``devices setup`` made."""
-        if self.profile.python not in ("", "auto"):
-            return self.profile.python
+        """The runner's interpreter: the venv ``devices setup`` made, else the profile's python."""
         venv_python = self.device_path("venv", "bin", "python")
         found = self.run(["test", "-x", venv_python], timeout_s=30)
-        return venv_python if found.exit_status == 0 else "python3"
+        return venv_python if found.exit_status == 0 else self.base_python()
+
+    def base_python(self) -> str:
+        return self.profile.python if self.profile.python not in ("", "auto") else "python3"
 
     # -- files ----------------------------------------------------------------------------------
     def sftp(self) -> paramiko.SFTPClient:
@@ -269,7 +270,7 @@ class SshTransport:
 def _load_private_key(path: Path) -> paramiko.PKey:
     passphrase = os.environ.get(PASSPHRASE_ENV)
     try:
-        return paramiko.PKey.from_path(path, passphrase=passphrase.encode() if passphrase else None)
+        return paramiko.PKey.from_path(path, passphrase.encode() if passphrase else None)
     except FileNotFoundError:
         raise TransportError(f"SSH key file {path} does not exist") from None
     except PermissionError:

@@ -1,0 +1,144 @@
+"""Thermal zones and CPU clocks from sysfs, before and after a timed region, and what they mean in words.
+
+Standard library only. Every path is joined under ``sysfs_root``; a file that is missing or unreadable
+leaves its field out, it never raises.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from typing import Any
+
+KEPT_TRIPS = ("passive", "hot", "critical")
+FREQUENCY_DROP = 0.10
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii", errors="replace") as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+def _number(path: str) -> float | None:
+    text = _read(path)
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _index(path: str) -> int:
+    match = re.search(r"(\d+)$", path.rstrip("/"))
+    return int(match.group(1)) if match else -1
+
+
+def _glob(root: str, pattern: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(root, pattern.lstrip("/"))), key=_index)
+
+
+def snapshot(sysfs_root: str = "/") -> dict[str, Any]:
+    """``{"zones": {type: °C}, "trips": {type: [{"type", "temp_c"}]}, "cpufreq": {cpuN: {...}}}``."""
+    zones: dict[str, float] = {}
+    trips: dict[str, list[dict[str, Any]]] = {}
+    for directory in _glob(sysfs_root, "sys/class/thermal/thermal_zone[0-9]*"):
+        kind = _read(os.path.join(directory, "type"))
+        if not kind:
+            continue
+        name = kind if kind not in zones and kind not in trips else f"{kind}.{_index(directory)}"
+        millidegrees = _number(os.path.join(directory, "temp"))
+        if millidegrees is not None:
+            zones[name] = millidegrees / 1e3
+        zone_trips = _trips(directory)
+        if zone_trips:
+            trips[name] = zone_trips
+    return {"zones": zones, "trips": trips, "cpufreq": _cpufreq(sysfs_root)}
+
+
+def _trips(directory: str) -> list[dict[str, Any]]:
+    found = []
+    for type_file in sorted(glob.glob(os.path.join(directory, "trip_point_*_type"))):
+        kind = _read(type_file)
+        millidegrees = _number(type_file[: -len("_type")] + "_temp")
+        if kind in KEPT_TRIPS and millidegrees is not None:
+            found.append({"type": kind, "temp_c": millidegrees / 1e3})
+    return sorted(found, key=lambda trip: trip["temp_c"])
+
+
+def _cpufreq(root: str) -> dict[str, dict[str, Any]]:
+    cpus: dict[str, dict[str, Any]] = {}
+    for directory in _glob(root, "sys/devices/system/cpu/cpu[0-9]*"):
+        cpufreq = os.path.join(directory, "cpufreq")
+        fields = {
+            "cur_khz": _number(os.path.join(cpufreq, "scaling_cur_freq")),
+            "max_khz": _number(os.path.join(cpufreq, "scaling_max_freq")),
+            "governor": _read(os.path.join(cpufreq, "scaling_governor")),
+        }
+        fields = {key: value for key, value in fields.items() if value is not None}
+        if fields:
+            cpus[os.path.basename(directory)] = fields
+    return cpus
+
+
+def warnings(before: dict[str, Any], after: dict[str, Any], during_max: dict[str, Any] | None = None) -> list[str]:
+    """Plain-word warnings: trip points reached, CPU clocks that fell, and a note on a non-performance governor.
+
+    ``during_max`` is the hottest reading per zone during the run: ``{type: °C}`` or a snapshot.
+    """
+    return _trip_warnings(before, after, during_max) + _frequency_warnings(before, after) + _governor_notes(before, after)
+
+
+def _trip_warnings(before: dict[str, Any], after: dict[str, Any], during_max: dict[str, Any] | None) -> list[str]:
+    hottest = dict(after.get("zones", {}))
+    during = (during_max or {}).get("zones", during_max or {})
+    for zone, temp in during.items():
+        if isinstance(temp, (int, float)):
+            hottest[zone] = max(temp, hottest.get(zone, temp))
+    trips = {**before.get("trips", {}), **after.get("trips", {})}
+    found = []
+    for zone, peak in hottest.items():
+        reached = [trip for trip in trips.get(zone, []) if peak >= trip["temp_c"]]
+        if reached:
+            found.append(_trip_message(zone, peak, reached[-1], before.get("zones", {}).get(zone)))
+    return found
+
+
+def _trip_message(zone: str, peak: float, trip: dict[str, Any], start: float | None) -> str:
+    reached = f"thermal zone {zone} reached its {trip['type']} trip point ({trip['temp_c']:.1f} °C) at {peak:.1f} °C"
+    if start is not None and start >= trip["temp_c"]:
+        history = f"; it was already at {start:.1f} °C before the run"
+    else:
+        history = f"; it was {start:.1f} °C before the run" if start is not None else ""
+    return f"{reached}{history}: the device may have throttled, so these timings may be pessimistic"
+
+
+def _frequency_warnings(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    groups: dict[tuple[float, float, str], list[str]] = {}
+    for cpu, start in before.get("cpufreq", {}).items():
+        end = after.get("cpufreq", {}).get(cpu, {})
+        if "cur_khz" not in start or "cur_khz" not in end or start.get("governor") != end.get("governor"):
+            continue
+        if end["cur_khz"] < start["cur_khz"] * (1 - FREQUENCY_DROP):
+            groups.setdefault((start["cur_khz"], end["cur_khz"], str(start.get("governor"))), []).append(cpu)
+    return [
+        f"CPU clock of {', '.join(cpus)} fell {100 * (1 - low / high):.0f}% during the run "
+        f"({high / 1e3:.0f} -> {low / 1e3:.0f} MHz) while the governor stayed {governor!r}: "
+        "thermal throttling or a power cap is likely"
+        for (high, low, governor), cpus in groups.items()
+    ]
+
+
+def _governor_notes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    cpus = after.get("cpufreq") or before.get("cpufreq", {})
+    groups: dict[str, list[str]] = {}
+    for cpu, fields in cpus.items():
+        if fields.get("governor", "performance") != "performance":
+            groups.setdefault(fields["governor"], []).append(cpu)
+    return [
+        f"note: the cpufreq governor of {', '.join(names)} is {governor!r}, not 'performance'; "
+        "clock speeds may vary between runs (not an error)"
+        for governor, names in groups.items()
+    ]
