@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, Protocol
 
 import numpy as np
@@ -12,7 +13,9 @@ class CausalLMBackend(Protocol):
 
     def empty_past(self) -> Any: ...
 
-    def step(self, input_ids: np.ndarray, past: Any, past_len: int) -> tuple[np.ndarray, Any]: ...
+    def step(self, input_ids: np.ndarray, past: Any, past_len: int) -> tuple[np.ndarray, Any, int]:
+        """(logits, new past, nanoseconds spent in the runtime's own call)."""
+        ...
 
     def settings(self) -> dict[str, Any]: ...
 
@@ -44,13 +47,16 @@ class OnnxRuntimeBackend:
             past[name] = np.zeros((1, int(heads), 0, int(head_dim)), dtype=self._past_dtype)
         return past
 
-    def step(self, input_ids: np.ndarray, past: dict[str, np.ndarray], past_len: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def step(self, input_ids: np.ndarray, past: dict[str, np.ndarray], past_len: int
+             ) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
         feeds = dict(past)
         feeds["input_ids"] = input_ids
         feeds["attention_mask"] = np.ones((1, past_len + input_ids.shape[1]), dtype=np.int64)
-        outputs = self.session.run(["logits", *self._present_names], feeds)
-        new_past = dict(zip(self._past_names, outputs[1:]))
-        return outputs[0], new_past
+        names = ["logits", *self._present_names]
+        start = time.perf_counter_ns()
+        outputs = self.session.run(names, feeds)
+        elapsed_ns = time.perf_counter_ns() - start
+        return outputs[0], dict(zip(self._past_names, outputs[1:])), elapsed_ns
 
     def settings(self) -> dict[str, Any]:
         import onnxruntime as ort

@@ -1,4 +1,8 @@
-"""int8 dynamic quantization: int8 weights, activations quantized at run time (MatMul only)."""
+"""int8 dynamic quantization: int8 weights, activations quantized per tensor at run time.
+
+``quantize_embedding`` stores the token embedding (Gather) in int8 too; without it the fp32
+embedding alone is 17% of SmolLM2's fp32 size.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from ._context import BuildContext
 NAME = "int8_dynamic"
 PARENT = "export_fp32"
 TOOLS = ("onnx", "onnxruntime")
-DEFAULTS: dict[str, Any] = {"per_channel": False, "reduce_range": False}
+DEFAULTS: dict[str, Any] = {"per_channel": False, "reduce_range": False, "quantize_embedding": True}
 
 
 def build(ctx: BuildContext) -> dict[str, Any]:
@@ -22,7 +26,7 @@ def build(ctx: BuildContext) -> dict[str, Any]:
         weight_type=QuantType.QInt8,
         per_channel=bool(ctx.params["per_channel"]),
         reduce_range=bool(ctx.params["reduce_range"]),
-        op_types_to_quantize=["MatMul"],
+        op_types_to_quantize=["MatMul", "Gather"] if ctx.params["quantize_embedding"] else ["MatMul"],
     )
     ctx.copy_tokenizer()
     return {"quantized_ops": _count_ops(ctx)}
