@@ -101,6 +101,8 @@ def _cell(record: dict[str, Any] | None) -> Cell:
 def _format(value: float) -> str:
     if value == 0:
         return "0"
+    if abs(value) < 1e-3:
+        return f"{value:.1e}"
     if abs(value) >= 100:
         return f"{value:,.0f}"
     if abs(value) >= 1:
