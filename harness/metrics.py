@@ -29,7 +29,19 @@ _CATALOG = (
     MetricInfo("kl_mean", "nats", "lower", "mean KL divergence of next-token distributions vs the reference"),
     MetricInfo("kl_max", "nats", "lower", "largest per-position KL divergence vs the reference"),
     MetricInfo("top1_agreement", "", "higher", "share of positions whose top token matches the reference"),
+    MetricInfo("ttft_ms", "ms", "lower", "time to first token: prefill call plus picking the token (median)"),
+    MetricInfo("roofline_fraction", "", "higher", "decode tok/s as a share of the memory-bandwidth ceiling"),
+    MetricInfo("decode_ceiling_tok_s", "tok/s", "higher", "memory bandwidth / weight bytes read per token"),
+    MetricInfo("weights_mb_per_token", "MB", "lower", "weight bytes read per generated token (embedding rows excluded)"),
+    MetricInfo("memory_bandwidth_gbs", "GB/s", "higher", "device read bandwidth (measured, threaded)"),
     MetricInfo("power_w", "W", "lower", "average power during decode"),
+    MetricInfo("power_peak_w", "W", "lower", "peak power during decode"),
+    MetricInfo("power_idle_w", "W", "lower", "average power while idle, before loading"),
+    MetricInfo("energy_per_token_j", "J", "lower", "energy per generated token"),
+    MetricInfo("prefill_contention", "share", "lower", "CPU share used by other processes while timing prefill"),
+    MetricInfo("decode_contention", "share", "lower", "CPU share used by other processes while timing decode"),
+    MetricInfo("temp_max_c", "C", "lower", "hottest thermal zone after measuring"),
+    MetricInfo("thermal_warnings", "", "lower", "trip points crossed or clocks dropped while measuring"),
 )
 
 METRICS: dict[str, MetricInfo] = {info.name: info for info in _CATALOG}

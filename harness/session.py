@@ -64,6 +64,7 @@ class RunSession:
         self._transports: dict[str, Transport] = {}
         self._failures: dict[tuple[Path, str, str], EdgeGateError] = {}
         self._device_failures: dict[str, EdgeGateError] = {}
+        self._weight_bytes_memo: dict[str, int] = {}
         self.device_reports: dict[str, DeviceReport] = {}
         self.accept_new_host_keys = accept_new_host_keys
 
@@ -162,7 +163,44 @@ class RunSession:
         result = VariantResult(suite.name, device.name, variant.name)
         for event in transport.run_job(job, JOB_TIMEOUT_S):
             self._take(event, result)
+        for metric in self._roofline(suite, device, variant, artifact, result):
+            result.metrics[metric.name] = metric
+            self.store.append_results([self._row(result, metric)])
         return result
+
+    def _roofline(self, suite: Suite, device: DeviceProfile, variant: VariantSpec, artifact: Artifact,
+                  result: VariantResult) -> list[MetricResult]:
+        """Decode tok/s against the ceiling that memory bandwidth puts on it (weights read per token)."""
+        weight_bytes = self._weight_bytes(artifact)
+        metrics = [MetricResult("weights_mb_per_token", weight_bytes / 1e6, "MB")]
+        bandwidth, source = self._bandwidth(suite, device, variant, result)
+        decode = result.metrics.get("decode_tok_s")
+        if bandwidth is None or decode is None or decode.value is None:
+            note = "unavailable: no memory bandwidth (set memory_bandwidth_gbs in the profile)" if bandwidth is None \
+                else "unavailable: decode not measured"
+            return metrics + [MetricResult("roofline_fraction", None, "", note=note)]
+        ceiling = bandwidth * 1e9 / weight_bytes
+        basis = f"{bandwidth:.1f} GB/s ({source}) / {weight_bytes / 1e6:.0f} MB per token"
+        return metrics + [MetricResult("decode_ceiling_tok_s", ceiling, "tok/s", note=basis),
+                          MetricResult("roofline_fraction", decode.value / ceiling, "", note=basis)]
+
+    def _weight_bytes(self, artifact: Artifact) -> int:
+        if artifact.key not in self._weight_bytes_memo:
+            import onnx
+
+            from .variants.graph_passes import weight_bytes_per_token
+
+            graph = onnx.load(str(artifact.model), load_external_data=False)
+            self._weight_bytes_memo[artifact.key] = weight_bytes_per_token(graph)
+        return self._weight_bytes_memo[artifact.key]
+
+    def _bandwidth(self, suite: Suite, device: DeviceProfile, variant: VariantSpec,
+                   result: VariantResult) -> tuple[float | None, str]:
+        if device.memory_bandwidth_gbs:
+            return device.memory_bandwidth_gbs, "device profile"
+        source = result if variant.name == suite.reference else self._reference(suite, device)
+        measured = source.metrics.get("memory_bandwidth_gbs") if source else None
+        return (measured.value, "measured on the device") if measured and measured.value else (None, "")
 
     def _job(self, suite: Suite, device: DeviceProfile, variant: VariantSpec, artifact: Artifact) -> dict[str, Any]:
         try:
@@ -185,14 +223,13 @@ class RunSession:
             "backend": "onnxruntime",
             "providers": list(device.execution_providers),
             "threads": device.threads,
-            "power": {"kind": device.power_sensor.kind},
+            "power": {"kind": device.power_sensor.kind, "command": device.power_sensor.command},
             "measurements": {
-                "prefill": {"prompt_ids": list(text.prompt_ids), "warmup": suite.prefill.warmup,
-                            "repetitions": suite.prefill.repetitions},
+                "prefill": {"prompt_ids": list(text.prompt_ids), **_stop_fields(suite.prefill)},
                 "decode": {"prompt_ids": list(text.prompt_ids[: suite.decode.prompt_tokens]),
-                           "tokens": suite.decode.tokens, "warmup": suite.decode.warmup,
-                           "repetitions": suite.decode.repetitions},
+                           "tokens": suite.decode.tokens, **_stop_fields(suite.decode)},
                 "accuracy": accuracy,
+                **({"bandwidth": {"threads": device.threads}} if variant.name == suite.reference else {}),
             },
         }
 
@@ -205,7 +242,9 @@ class RunSession:
         elif kind == "error":
             result.errors.append(f"{event.get('measurement')}: {event.get('message')}")
         elif kind == "settings":
-            result.settings = dict(event.get("settings", {}))
+            result.settings.update(event.get("settings", {}))
+        elif kind == "thermal":
+            result.settings["thermal"] = {k: event.get(k) for k in ("before", "after", "warnings")}
         elif kind == "done" and event.get("failures") and not result.errors:
             raise RunnerError(f"runner reported {event['failures']} failures without saying which")
 
@@ -222,11 +261,16 @@ def _metric(event: dict[str, Any]) -> MetricResult:
     samples = event.get("samples")
     value = event.get("value")
     summary = summarize(samples) if samples else None
-    if summary is not None:
+    if summary is not None and value is None:
         value = summary.p50
     if value is not None and not math.isfinite(float(value)):
         return MetricResult(event["name"], None, event.get("unit", ""), samples, f"not a finite number: {value}")
     return MetricResult(event["name"], value, event.get("unit", ""), samples, event.get("note"), summary)
+
+
+def _stop_fields(spec: Any) -> dict[str, Any]:
+    keys = ("warmup", "min_samples", "max_samples", "max_seconds", "target_ci")
+    return {key: getattr(spec, key) for key in keys}
 
 
 def _absolute_only(thresholds: dict[str, tuple[gate.Threshold, ...]]) -> dict[str, tuple[gate.Threshold, ...]]:

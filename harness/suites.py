@@ -37,17 +37,29 @@ class VariantSpec:
 
 @dataclass(frozen=True)
 class PrefillSpec:
+    """One prefill of ``prompt_tokens``, repeated until the median's 95% CI is within
+    ``target_ci`` (0: exactly ``min_samples``), capped by count and time."""
+
     prompt_tokens: int = 128
-    warmup: int = 1
-    repetitions: int = 5
+    warmup: int = 2
+    min_samples: int = 10
+    max_samples: int = 200
+    max_seconds: float = 30.0
+    target_ci: float = 0.01
 
 
 @dataclass(frozen=True)
 class DecodeSpec:
+    """``tokens`` greedy steps after a prompt of ``prompt_tokens`` (the context depth); a sample
+    is one step, rounds repeat under the same stopping rule as prefill."""
+
     prompt_tokens: int = 64
     tokens: int = 32
     warmup: int = 1
-    repetitions: int = 3
+    min_samples: int = 64
+    max_samples: int = 2000
+    max_seconds: float = 60.0
+    target_ci: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -95,9 +107,9 @@ def load_suite(path: Path) -> Suite:
         base_model=_base_model(fields.sub("base_model", required=True)),
         reference=reference,
         variants=variants,
-        prefill=_positive_ints(measure.sub("prefill"), PrefillSpec),
-        decode=_positive_ints(measure.sub("decode"), DecodeSpec),
-        accuracy=_positive_ints(measure.sub("accuracy"), AccuracySpec),
+        prefill=_spec(measure.sub("prefill"), PrefillSpec),
+        decode=_spec(measure.sub("decode"), DecodeSpec),
+        accuracy=_spec(measure.sub("accuracy"), AccuracySpec),
         thresholds=parse_thresholds(path, "thresholds", fields.get("thresholds", dict, {})),
         description=fields.get("description", str, ""),
     )
@@ -166,15 +178,18 @@ def _contained_path(fields: Fields, key: str) -> Path:
     return resolved
 
 
-def _positive_ints(fields: Fields, spec_type: type) -> Any:
+def _spec(fields: Fields, spec_type: type) -> Any:
+    """A measurement spec from its fields: whole numbers >= 1 (warm-up >= 0), fractions >= 0."""
     defaults = spec_type()
-    values = {
-        name: int(fields.number(name, getattr(defaults, name), minimum=0 if name == "warmup" else 1))
-        for name in spec_type.__dataclass_fields__
-    }
-    for name, value in values.items():
-        raw = fields.data.get(name)
-        if raw is not None and raw != int(raw):
-            raise ConfigError(fields.path, fields.name(name), f"must be a whole number, got {raw!r}")
+    values: dict[str, Any] = {}
+    for name, field_info in spec_type.__dataclass_fields__.items():
+        whole = field_info.type == "int"
+        value = fields.number(name, getattr(defaults, name), minimum=1 if whole and name != "warmup" else 0)
+        if whole and value != int(value):
+            raise ConfigError(fields.path, fields.name(name), f"must be a whole number, got {value!r}")
+        values[name] = int(value) if whole else float(value)
     fields.finish()
-    return spec_type(**values)
+    spec = spec_type(**values)
+    if getattr(spec, "max_samples", 1) < getattr(spec, "min_samples", 0):
+        raise ConfigError(fields.path, fields.name("max_samples"), "must be at least min_samples")
+    return spec

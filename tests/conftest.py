@@ -28,8 +28,8 @@ variants:
   int8: {{recipe: int8_dynamic}}
   int4: {{recipe: int4_weight_only, params: {{block_size: 32}}{int4_thresholds}}}
 measurements:
-  prefill: {{prompt_tokens: 16, warmup: 1, repetitions: 3}}
-  decode: {{prompt_tokens: 8, tokens: 4, warmup: 1, repetitions: 2}}
+  prefill: {{prompt_tokens: 16, warmup: 1, min_samples: 3, max_samples: 3, target_ci: 0}}
+  decode: {{prompt_tokens: 8, tokens: 4, warmup: 1, min_samples: 8, max_samples: 8, target_ci: 0}}
   accuracy: {{windows: 2, window_tokens: 32}}
 thresholds:
   perplexity: {{max_ratio: 1.5}}

@@ -69,8 +69,8 @@ def test_unknown_device_lists_registered_ones(pytester: pytest.Pytester, tiny_pr
 
 def test_bad_suite_field_names_file_and_field(pytester: pytest.Pytester, tiny_project: Path, shared_cache: Path) -> None:
     suite = tiny_project / "suites" / "suite_tiny.yaml"
-    suite.write_text(suite.read_text().replace("repetitions: 3", "repetitions: three"))
+    suite.write_text(suite.read_text().replace("min_samples: 3", "min_samples: three"))
     result = run_suite(pytester, shared_cache)
     assert result.ret != 0
-    result.stdout.fnmatch_lines(["*suite_tiny.yaml: measurements.prefill.repetitions: expected a number, got str 'three'*"])
+    result.stdout.fnmatch_lines(["*suite_tiny.yaml: measurements.prefill.min_samples: expected a number, got str 'three'*"])
     assert "Traceback" not in result.stdout.str()

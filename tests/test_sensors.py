@@ -179,11 +179,10 @@ def test_failing_command_reads_none_and_keeps_the_reason() -> None:
     assert missing.read_watts() is None and "FileNotFoundError" in missing.error
 
 
-def test_none_is_unavailable_and_power_step_says_no_sensor() -> None:
+def test_none_is_unavailable_with_the_reason() -> None:
     sensor = open_sensor({"kind": "none"})
-    assert isinstance(sensor, Unavailable) and sensor.reason.startswith("no sensor")
-    (event,) = sensors.power({})
-    assert event["value"] is None and event["note"].startswith("unavailable: no sensor")
+    assert isinstance(sensor, Unavailable) and sensor.reason == "no sensor (the device profile names none)"
+    assert isinstance(open_sensor({}), Unavailable)
 
 
 def test_nvml_without_pynvml_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:

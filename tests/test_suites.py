@@ -33,7 +33,7 @@ def test_minimal_suite_gets_defaults(tmp_path: Path) -> None:
     assert suite.name == "min"
     assert suite.base_model.path == (tmp_path / "model").resolve()
     assert suite.variant("small").params == {"block_size": 64}
-    assert suite.decode.tokens > 0 and suite.prefill.repetitions > 0
+    assert suite.decode.tokens > 0 and suite.prefill.min_samples > 0
 
 
 @pytest.mark.parametrize(

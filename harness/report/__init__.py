@@ -16,8 +16,9 @@ from ..metrics import METRICS
 from ..store import HistoryStore
 
 TEMPLATE = "report.html.j2"
-COLUMNS = ("size_mb", "prefill_ms", "prefill_tok_s", "decode_ms", "decode_tok_s", "peak_rss_mb",
-           "load_rss_mb", "perplexity", "kl_mean", "kl_max", "top1_agreement", "power_w")
+COLUMNS = ("size_mb", "ttft_ms", "prefill_tok_s", "decode_ms", "decode_tok_s", "roofline_fraction", "peak_rss_mb",
+           "perplexity", "kl_mean", "top1_agreement", "power_w", "energy_per_token_j")
+DETAIL_COLUMNS = tuple(name for name in METRICS if name not in COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Cell:
     text: str
     title: str = ""
     unavailable: bool = False
+    interval: str = ""
 
 
 def render_run(store: HistoryStore, run_id: str, out_dir: Path, template_dir: Path | None = None) -> Path:
@@ -53,7 +55,9 @@ def run_context(store: HistoryStore, run_id: str) -> dict[str, Any]:
         "run": run,
         "environment": json.loads(run.get("environment") or "{}"),
         "columns": [(name, METRICS[name]) for name in COLUMNS],
+        "detail_columns": [(name, METRICS[name]) for name in DETAIL_COLUMNS],
         "rows": rows,
+        "warnings": _warnings(results),
         "overall": _overall(rows),
         "breaches": [r for r in rows if r["breaches"] or r["error"]],
         "manifests": _manifests(artifacts),
@@ -80,6 +84,7 @@ def _row(suite: str, device: str, variant: str, metrics: pd.DataFrame, verdict: 
         "breaches": json.loads(verdict.iloc[0]["breaches"]) if len(verdict) else [],
         "error": (verdict.iloc[0]["error"] if len(verdict) else None) or None,
         "cells": [_cell(by_metric.get(name)) for name in COLUMNS],
+        "detail_cells": [_cell(by_metric.get(name)) for name in DETAIL_COLUMNS],
     }
 
 
@@ -91,11 +96,19 @@ def _cell(record: dict[str, Any] | None) -> Cell:
         note = record.get("note") or "unavailable"
         return Cell(note.split(" (")[0], note, unavailable=True)
     text = _format(float(value))
-    title = ""
-    if record.get("n") and not pd.isna(record.get("n")):
-        title = (f"n={int(record['n'])}, 95% CI of median [{_format(record['ci_low'])}, {_format(record['ci_high'])}], "
-                 f"p90 {_format(record['p90'])}, p99 {_format(record['p99'])}")
-    return Cell(text, title)
+    if not record.get("n") or pd.isna(record.get("n")):
+        return Cell(text, record.get("note") or "")
+    title = (f"n={int(record['n'])}, 95% CI of median [{_format(record['ci_low'])}, {_format(record['ci_high'])}], "
+             f"p90 {_format(record['p90'])}, p99 {_format(record['p99'])}"
+             + (f"; {record['note']}" if record.get("note") else ""))
+    return Cell(text, title, interval=f"[{_format(record['ci_low'])}, {_format(record['ci_high'])}]")
+
+
+def _warnings(results: pd.DataFrame) -> list[dict[str, str]]:
+    """Measurements flagged by the runner: contention, throttling, trip points, governors."""
+    flagged = results[results.note.fillna("").str.contains("flagged|trip|dropped|governor")]
+    return [{"device": r["device"], "variant": r["variant"], "metric": r["metric"], "note": r["note"]}
+            for r in flagged.drop_duplicates(["device", "variant", "metric"], keep="last").to_dict("records")]
 
 
 def _format(value: float) -> str:

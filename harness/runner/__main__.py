@@ -9,8 +9,9 @@ import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from . import measure, sensors
+from . import measure, sensors, thermal
 from .backends import BACKENDS
+from .events import metric
 
 PROTOCOL = 1
 
@@ -23,7 +24,15 @@ def emit(event: dict[str, Any]) -> None:
 def run_job(job: dict[str, Any]) -> int:
     """Run every measurement of ``job``; one failing measurement does not stop the others."""
     emit({"event": "start", "protocol": PROTOCOL, "python": platform.python_version()})
+    sysfs_root = job.get("sysfs_root", "/")
+    before = thermal.snapshot(sysfs_root)
+    sensor = sensors.open_sensor({**job.get("power", {}), "sysfs_root": sysfs_root})
     failures = _guarded("size", lambda: measure.model_size(job["model"]))
+    if isinstance(sensor, sensors.Unavailable):
+        emit(metric("power_w", None, "W", note=f"unavailable: {sensor.reason}"))
+        sensor = None
+    else:
+        failures += _guarded("idle power", lambda: [metric("power_idle_w", sensors.idle_baseline(sensor), "W")])
     backend_type = BACKENDS[job.get("backend", "onnxruntime")]
     try:
         backend, events = measure.load(lambda: backend_type(job["model"], job["providers"], job["threads"]))
@@ -33,19 +42,34 @@ def run_job(job: dict[str, Any]) -> int:
         return 1
     for event in events:
         emit(event)
-    wanted = job.get("measurements", {})
-    steps: list[tuple[str, Callable[[], Iterable[dict[str, Any]]]]] = [
-        ("prefill", lambda: measure.prefill(backend, wanted["prefill"])),
-        ("decode", lambda: measure.decode(backend, wanted["decode"])),
-        ("peak_rss", measure.peak_rss),
-        ("power", lambda: sensors.power(job.get("power", {}))),
-        ("accuracy", lambda: measure.accuracy(backend, wanted["accuracy"])),
-    ]
-    for name, step in steps:
-        if name in wanted or name in ("peak_rss", "power"):
-            failures += _guarded(name, step)
+    failures += _measure_all(backend, job.get("measurements", {}), sensor)
+    after = thermal.snapshot(sysfs_root)
+    failures += _guarded("thermal", lambda: _thermal_events(before, after))
     emit({"event": "done", "failures": failures})
     return 0
+
+
+def _measure_all(backend: Any, wanted: dict[str, Any], sensor: Any) -> int:
+    steps: list[tuple[str, Callable[[], Iterable[dict[str, Any]]]]] = [
+        ("prefill", lambda: measure.prefill(backend, wanted["prefill"])),
+        ("decode", lambda: measure.decode(backend, wanted["decode"], sensor)),
+        ("peak_rss", measure.peak_rss),
+        ("accuracy", lambda: measure.accuracy(backend, wanted["accuracy"])),
+        ("bandwidth", lambda: measure.bandwidth(wanted["bandwidth"])),
+    ]
+    return sum(_guarded(name, step) for name, step in steps if name in wanted or name == "peak_rss")
+
+
+def _thermal_events(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
+    found = thermal.warnings(before, after)
+    alarms = [w for w in found if not w.startswith("note:")]
+    temps = list(after.get("zones", {}).values())
+    return [
+        {"event": "thermal", "before": before, "after": after, "warnings": found},
+        metric("thermal_warnings", float(len(alarms)), "", note="; ".join(found) or None),
+        metric("temp_max_c", max(temps) if temps else None, "C",
+               note=None if temps else "unavailable: no readable /sys/class/thermal zone"),
+    ]
 
 
 def _guarded(name: str, step: Callable[[], Iterable[dict[str, Any]]]) -> int:

@@ -6,6 +6,7 @@ building feeds and picking the next token are outside the timed region.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import sys
@@ -16,12 +17,27 @@ from typing import Any
 import numpy as np
 
 from .backends import CausalLMBackend
+from .events import Event, metric
+from .sensors import PowerSampler
+from .timing import CpuContention, StopRule
 
-Event = dict[str, Any]
+CONTENTION_LIMIT = 0.10
 
 
-def metric(name: str, value: float | None, unit: str, samples: list[float] | None = None, note: str | None = None) -> Event:
-    return {"event": "metric", "name": name, "value": value, "unit": unit, "samples": samples, "note": note}
+def bandwidth(job: dict[str, Any]) -> Iterator[Event]:
+    """STREAM-like read bandwidth: threads summing slices of an array far larger than the caches."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    size_mb, threads = int(job.get("mb", 256)), int(job.get("threads") or os.cpu_count() or 1)
+    data = np.ones(size_mb * 1024 * 1024 // 8)
+    chunks = np.array_split(data, threads)
+    best = 0.0
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(int(job.get("repetitions", 5))):
+            begin = time.perf_counter()
+            list(pool.map(np.sum, chunks))
+            best = max(best, data.nbytes / (time.perf_counter() - begin) / 1e9)
+    yield metric("memory_bandwidth_gbs", best, "GB/s", note=f"best of {job.get('repetitions', 5)} threaded reads of {size_mb} MB")
 
 
 def model_size(model_path: str) -> Iterator[Event]:
@@ -48,28 +64,61 @@ def load(factory: Callable[[], CausalLMBackend]) -> tuple[CausalLMBackend, list[
 
 
 def prefill(backend: CausalLMBackend, job: dict[str, Any]) -> Iterator[Event]:
+    """Prefill latency (the runtime call) and time to first token (call + picking the token)."""
     prompt = np.asarray([job["prompt_ids"]], dtype=np.int64)
-    samples = []
-    for index in range(job["warmup"] + job["repetitions"]):
-        _, _, elapsed_ns = backend.step(prompt, backend.empty_past(), 0)
-        if index >= job["warmup"]:
-            samples.append(elapsed_ns / 1e6)
-    median_ms = float(np.median(samples))
-    yield metric("prefill_ms", median_ms, "ms", samples)
+    for _ in range(job["warmup"]):
+        backend.step(prompt, backend.empty_past(), 0)
+    rule, run_ms, ttft_ms = StopRule.from_job(job), [], []
+    started = time.monotonic()
+    with CpuContention() as contention:
+        while (why := rule.verdict(run_ms, time.monotonic() - started)) is None:
+            begin = time.perf_counter_ns()
+            logits, _, run_ns = backend.step(prompt, backend.empty_past(), 0)
+            int(np.argmax(logits[0, -1]))
+            ttft_ms.append((time.perf_counter_ns() - begin) / 1e6)
+            run_ms.append(run_ns / 1e6)
+    median_ms = float(np.median(run_ms))
+    yield metric("prefill_ms", median_ms, "ms", run_ms, note=f"stopped at n={len(run_ms)}: {why}")
+    yield metric("ttft_ms", float(np.median(ttft_ms)), "ms", ttft_ms, note=f"prompt of {prompt.shape[1]} tokens")
     yield metric("prefill_tok_s", prompt.shape[1] / (median_ms / 1e3), "tok/s")
+    yield contention_metric("prefill_contention", contention.share)
 
 
-def decode(backend: CausalLMBackend, job: dict[str, Any]) -> Iterator[Event]:
+def decode(backend: CausalLMBackend, job: dict[str, Any], sensor: Any = None) -> Iterator[Event]:
     """Greedy decode after a prompt; each step is one sample at a context depth of prompt+i."""
     prompt = np.asarray([job["prompt_ids"]], dtype=np.int64)
-    samples: list[float] = []
-    for round_index in range(job["warmup"] + job["repetitions"]):
-        steps = _decode_round(backend, prompt, job["tokens"])
-        if round_index >= job["warmup"]:
-            samples.extend(steps)
+    for _ in range(job["warmup"]):
+        _decode_round(backend, prompt, job["tokens"])
+    rule, samples = StopRule.from_job(job, per_round=job["tokens"]), []
+    sampler = PowerSampler(sensor) if sensor is not None else contextlib.nullcontext()
+    started = time.monotonic()
+    with CpuContention() as contention, sampler:
+        while (why := rule.verdict(samples, time.monotonic() - started)) is None:
+            samples.extend(_decode_round(backend, prompt, job["tokens"]))
     median_ms = float(np.median(samples))
-    yield metric("decode_ms", median_ms, "ms", samples)
+    depth = f"depth {prompt.shape[1]}-{prompt.shape[1] + job['tokens'] - 1}"
+    yield metric("decode_ms", median_ms, "ms", samples, note=f"{depth}; stopped at n={len(samples)}: {why}")
     yield metric("decode_tok_s", 1e3 / median_ms, "tok/s")
+    yield contention_metric("decode_contention", contention.share)
+    if sensor is not None:
+        yield from power_metrics(sampler.summary(sampler.elapsed_s, len(samples)), float(np.mean(samples)) / 1e3)
+
+
+def contention_metric(name: str, share: float, limit: float = CONTENTION_LIMIT) -> Event:
+    note = None
+    if share > limit:
+        note = f"flagged: other processes used {share:.0%} of the CPU during the timed region (limit {limit:.0%})"
+    return metric(name, share, "share", note=note)
+
+
+def power_metrics(summary: dict[str, Any], step_s: float) -> Iterator[Event]:
+    """Average and peak watts over the decode region; joules per token = average W x step time."""
+    watts = [w for _, w in summary["samples"]]
+    how = f"{summary['method']}, {len(watts)} samples"
+    yield metric("power_w", summary["avg_w"], "W", watts or None, note=how)
+    yield metric("power_peak_w", summary["peak_w"], "W")
+    per_token = summary["avg_w"] * step_s if summary["avg_w"] is not None else None
+    yield metric("energy_per_token_j", per_token, "J", note="average decode power x mean decode step time")
 
 
 def _decode_round(backend: CausalLMBackend, prompt: np.ndarray, tokens: int) -> list[float]:

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .measure import Event, metric
 
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 _SKIPPED_LABELS = {"sum of shunt voltages", "nc"}
@@ -269,18 +268,18 @@ class PowerSampler:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        self.elapsed_s = time.perf_counter() - self._start  # the region ends now, not after the last slow read
         self._stop.set()
         self._thread.join()
-        self._sample()
-        self.elapsed_s = time.perf_counter() - self._start
+        self._sample(at=self.elapsed_s)
         self._energy[1] = self._safe(self.sensor.read_energy_j)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
             self._sample()
 
-    def _sample(self) -> None:
-        now = time.perf_counter() - self._start
+    def _sample(self, at: float | None = None) -> None:
+        now = time.perf_counter() - self._start if at is None else at
         watts = self._safe(self.sensor.read_watts)
         if watts is None:
             watts = self._watts_from_energy(now)
@@ -328,12 +327,3 @@ def idle_baseline(sensor: PowerSensor, seconds: float = 1.0) -> float | None:
     with PowerSampler(sensor) as sampler:
         time.sleep(seconds)
     return sampler.summary(sampler.elapsed_s, 1)["avg_w"]
-
-
-def power(settings: dict[str, Any]) -> Iterator[Event]:
-    """The step ``__main__`` runs today: says whether a sensor could be opened (not yet timed)."""
-    sensor = open_sensor(settings)
-    if isinstance(sensor, Unavailable):
-        yield metric("power_w", None, "W", note=f"unavailable: {sensor.reason}")
-        return
-    yield metric("power_w", None, "W", note=f"unavailable: the {sensor.name} sensor is not sampled by this runner yet")

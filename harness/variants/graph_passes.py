@@ -136,3 +136,24 @@ def drop_round_trip_casts(graph: onnx.ModelProto, fp32_ops: Iterable[str], fp32_
 
 def _is_cast(node: onnx.NodeProto, to: int) -> bool:
     return node.op_type == "Cast" and any(a.name == "to" and a.i == to for a in node.attribute)
+
+
+def weight_bytes_per_token(graph: onnx.ModelProto) -> int:
+    """Bytes of initializers a decode step reads: all weights, except tables only gathered from.
+
+    An embedding (Gather, GatherBlockQuantized) reads one row per token, not the whole table.
+    """
+    gathered_only: dict[str, bool] = {}
+    for node in graph.graph.node:
+        for position, name in enumerate(node.input):
+            is_table = node.op_type.startswith("Gather") and position == 0
+            gathered_only[name] = gathered_only.get(name, True) and is_table
+    return sum(_tensor_bytes(init) for init in graph.graph.initializer if not gathered_only.get(init.name, False))
+
+
+def _tensor_bytes(tensor: onnx.TensorProto) -> int:
+    count = int(np.prod(tensor.dims)) if tensor.dims else 1
+    bits = {TensorProto.INT4: 4, TensorProto.UINT4: 4}.get(tensor.data_type)
+    if bits is not None:
+        return (count * bits + 7) // 8
+    return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize

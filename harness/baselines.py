@@ -1,0 +1,111 @@
+"""Which past run a new run is compared with, and that run's numbers.
+
+By default the baseline is the pinned run for the suite/device/variant, else the last run on the
+main line in which that variant passed: a failed night or a feature branch must never become
+the yardstick. ``--baseline`` names one instead, by run id or by a git ref/tag/sha.
+A missing baseline is None, never an error: the caller reports "no baseline" and moves on.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import StoreError
+from .store import HistoryStore, decode_samples, decode_value
+
+MAIN_BRANCHES = ("main", "master")
+DIRTY = "-dirty"
+
+
+@dataclass(frozen=True)
+class BaselineChoice:
+    """The run chosen as baseline and how it was chosen (shown next to every regression)."""
+
+    run_id: str
+    reason: str
+
+
+def find_baseline(
+    store: HistoryStore,
+    suite: str,
+    device: str,
+    variant: str,
+    spec: str | None = None,
+    main_branches: Sequence[str] = MAIN_BRANCHES,
+    exclude_run: str | None = None,
+    repo: Path | None = None,
+) -> BaselineChoice | None:
+    """The baseline run for suite/device/variant, or None when there is none.
+
+    ``spec`` None: the pinned run, else the newest passing run on a main branch (or with no
+    branch recorded). Otherwise ``spec`` is a run id, or a git ref resolved in ``repo``.
+    """
+    if spec is None:
+        return _default(store, suite, device, variant, main_branches, exclude_run)
+    if _run_exists(store, spec):
+        return BaselineChoice(spec, "run id")
+    commit = resolve_ref(spec, repo)
+    if commit is None:
+        return None
+    runs = _passing(store, suite, device, variant, exclude_run)
+    matches = runs[runs.git_commit.map(lambda c: _same_commit(c, commit))]
+    if matches.empty:
+        return None
+    return BaselineChoice(str(matches.run_id.iloc[0]), f"git ref {spec} = {commit[:7]}")
+
+
+def _default(store: HistoryStore, suite: str, device: str, variant: str, main_branches: Sequence[str],
+             exclude_run: str | None) -> BaselineChoice | None:
+    pinned = store.pinned(suite, device, variant)
+    if pinned is not None and pinned != exclude_run:
+        return BaselineChoice(pinned, "pinned")
+    runs = _passing(store, suite, device, variant, exclude_run)
+    on_main = runs[runs.branch.isna() | runs.branch.isin(list(main_branches))]
+    if on_main.empty:
+        return None
+    return BaselineChoice(str(on_main.run_id.iloc[0]), f"last passing run on {'/'.join(main_branches)}")
+
+
+def _passing(store: HistoryStore, suite: str, device: str, variant: str, exclude_run: str | None) -> pd.DataFrame:
+    runs = store.passing_runs(suite, device, variant)
+    return runs[runs.run_id != exclude_run] if exclude_run else runs
+
+
+def _run_exists(store: HistoryStore, run_id: str) -> bool:
+    try:
+        store.require_run(run_id)
+    except StoreError:
+        return False
+    return True
+
+
+def resolve_ref(spec: str, repo: Path | None) -> str | None:
+    """The full commit sha ``git rev-parse`` gives for ``spec`` in ``repo``; None if git cannot."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{spec}^{{commit}}"], cwd=repo,
+                              capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    commit = done.stdout.strip()
+    return commit if done.returncode == 0 and commit else None
+
+
+def _same_commit(recorded: object, commit: str) -> bool:
+    """A recorded commit (full or abbreviated sha, perhaps with "-dirty") names ``commit``."""
+    if not isinstance(recorded, str) or not recorded:
+        return False
+    sha = recorded[: -len(DIRTY)] if recorded.endswith(DIRTY) else recorded
+    return len(sha) >= 7 and commit.startswith(sha.lower())
+
+
+def baseline_samples(store: HistoryStore, run_id: str, suite: str, device: str,
+                     variant: str) -> dict[str, tuple[float | None, list[float] | None]]:
+    """{metric: (value, raw samples or None)} of one run's suite/device/variant, ready for
+    :func:`edgegate.regression.compare_metric`. The last row wins if a metric was recorded twice."""
+    rows = store.frame("results", run_id, where={"suite": suite, "device": device, "variant": variant})
+    return {str(row.metric): (decode_value(row.value), decode_samples(row.samples)) for row in rows.itertuples()}

@@ -1,0 +1,253 @@
+"""Did a metric really get worse than its baseline? Relative limits plus a rank test on raw samples.
+
+A night's latency samples are noisy; a relative limit alone would fail nights on noise, and a
+test alone would fail them on tiny but real shifts nobody cares about. So a metric with raw
+samples on both sides regresses only when its median moved the wrong way by more than the rule
+allows AND a one-sided Mann-Whitney U test (as google-benchmark's ``compare.py`` uses) says the
+shift is not noise. One-number metrics (size, perplexity) have no samples: a plain relative limit.
+
+Pure functions on numbers; the store and the choice of baseline live elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .metrics import METRICS
+
+MIN_SAMPLES = 5  # fewer on either side: the test has no power, use the scalar rule
+SAME_WITHIN = 0.001  # a scalar that moved less than 0.1% is reported "same", not better/worse
+EXACT_MAX_N = 8  # like scipy's method="auto": exact U distribution when a side is this small and no ties
+
+
+@dataclass(frozen=True)
+class RegressionRule:
+    """How much worse ``metric`` may get: relatively (``max_change``) and beyond an absolute floor.
+
+    ``min_abs_change`` exists for metrics near zero (KL divergence), where a relative limit says
+    nothing: 0.001 -> 0.002 nats is +100% and still meaningless.
+    """
+
+    metric: str
+    max_change: float
+    alpha: float = 0.01
+    min_abs_change: float = 0.0
+
+    @property
+    def better(self) -> str:
+        return METRICS[self.metric].better
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One metric, baseline against new, with the numbers a release manager needs to judge it.
+
+    ``change`` is (new - old) / old; ``worse_by`` is the same change signed so that > 0 is worse.
+    ``p_value`` is the one-sided Mann-Whitney U p-value in the direction the median moved
+    (None for scalar metrics).
+    """
+
+    metric: str
+    baseline_value: float | None
+    value: float | None
+    change: float | None
+    worse_by: float | None
+    p_value: float | None
+    regressed: bool
+    reason: str
+    verdict: str = "same"  # regressed | worse | better | same | n/a
+    max_change: float = 0.0
+    min_abs_change: float = 0.0
+
+    def message(self) -> str:
+        """E.g. ``decode_ms regressed: 31.2 -> 34.9 ms (+11.9%, limit +5%), Mann-Whitney U p=0.0003 < 0.01``."""
+        if self.change is None:
+            return f"{self.metric} {self.verdict}: {self.reason}"
+        info = METRICS.get(self.metric)
+        unit = f" {info.unit}" if info and info.unit else ""
+        sign = "-" if info and info.better == "higher" else "+"
+        limit = f"limit {sign}{self.max_change * 100:.3g}%"
+        if self.min_abs_change:
+            limit += f" and {sign}{self.min_abs_change:g}"
+        return (f"{self.metric} {self.verdict}: {_num(self.baseline_value)} -> {_num(self.value)}{unit} "
+                f"({_pct(self.change)}, {limit}), {self.reason}")
+
+
+DEFAULT_RULES: dict[str, RegressionRule] = {
+    rule.metric: rule
+    for rule in (
+        RegressionRule("decode_ms", 0.05),
+        RegressionRule("prefill_ms", 0.05),
+        RegressionRule("decode_tok_s", 0.05),
+        RegressionRule("prefill_tok_s", 0.05),
+        RegressionRule("peak_rss_mb", 0.10),
+        RegressionRule("size_mb", 0.01),
+        RegressionRule("perplexity", 0.02),
+        RegressionRule("kl_mean", 0.25, min_abs_change=0.005),
+        RegressionRule("top1_agreement", 0.0, min_abs_change=0.01),
+    )
+}
+
+
+def compare_metric(
+    rule: RegressionRule,
+    baseline_value: float | None,
+    baseline_samples: Sequence[float] | None,
+    value: float | None,
+    samples: Sequence[float] | None,
+) -> Comparison:
+    """Judge one metric. With >= MIN_SAMPLES samples on both sides the medians and a rank test
+    decide; otherwise the scalar values and the relative limit (and absolute floor) alone."""
+    old_s, new_s = _finite(baseline_samples), _finite(samples)
+    if old_s.size >= MIN_SAMPLES and new_s.size >= MIN_SAMPLES:
+        return _compare_samples(rule, old_s, new_s)
+    return _compare_scalars(rule, baseline_value, value)
+
+
+def _compare_samples(rule: RegressionRule, old_s: np.ndarray, new_s: np.ndarray) -> Comparison:
+    old, new = float(np.median(old_s)), float(np.median(new_s))
+    change, worse_by = relative_change(old, new, rule.better)
+    worse_side = "greater" if rule.better == "lower" else "less"  # new stochastically worse than old
+    better_side = "less" if worse_side == "greater" else "greater"
+    p = mann_whitney_u(new_s, old_s, worse_side if worse_by >= 0 else better_side)[1]
+    significant = p < rule.alpha
+    big = _beyond_floor(rule, old, new)
+    regressed = worse_by > rule.max_change and big and significant
+    test = f"Mann-Whitney U p={p:.2g} {'<' if significant else '>='} {rule.alpha:g}"
+    if regressed:
+        reason = test
+    elif worse_by > rule.max_change and big:
+        reason = f"{test}: within noise"
+    elif not big:
+        reason = f"within the absolute floor {rule.min_abs_change:g} ({test})"
+    else:
+        reason = f"within the limit ({test})"
+    verdict = "regressed" if regressed else (_direction(worse_by) if significant and big else "same")
+    return Comparison(rule.metric, old, new, change, worse_by, p, regressed, reason, verdict, rule.max_change,
+                      rule.min_abs_change)
+
+
+def _compare_scalars(rule: RegressionRule, old: float | None, new: float | None) -> Comparison:
+    if not _is_number(old) or not _is_number(new):
+        missing = "baseline" if not _is_number(old) else "new run"
+        return Comparison(rule.metric, old, new, None, None, None, False, f"no value in the {missing}", "n/a",
+                          rule.max_change, rule.min_abs_change)
+    assert old is not None and new is not None
+    change, worse_by = relative_change(old, new, rule.better)
+    big = _beyond_floor(rule, old, new)
+    regressed = worse_by > rule.max_change and big
+    if regressed:
+        reason = "over the limit"
+    elif not big:
+        reason = f"within the absolute floor {rule.min_abs_change:g}"
+    else:
+        reason = "within the limit"
+    moved = abs(worse_by) > SAME_WITHIN and big
+    verdict = "regressed" if regressed else (_direction(worse_by) if moved else "same")
+    return Comparison(rule.metric, old, new, change, worse_by, None, regressed, reason, verdict, rule.max_change,
+                      rule.min_abs_change)
+
+
+def relative_change(old: float, new: float, better: str) -> tuple[float, float]:
+    """(signed change, change towards worse); from 0 any move is infinitely large."""
+    if old == 0:
+        change = 0.0 if new == 0 else math.copysign(math.inf, new)
+    else:
+        change = (new - old) / abs(old)
+    return change, (change if better == "lower" else -change)
+
+
+def mann_whitney_u(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray,
+                   alternative: str = "two-sided") -> tuple[float, float]:
+    """(U of x, p-value) as ``scipy.stats.mannwhitneyu(x, y, alternative=...)`` with method "auto".
+
+    "greater" tests whether x tends to be larger than y. Exact distribution when a side has at
+    most 8 values and there are no ties; otherwise the normal approximation with tie and
+    continuity corrections. Written here so the gate needs no scipy.
+    """
+    xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    n1, n2 = xs.size, ys.size
+    if n1 == 0 or n2 == 0:
+        raise ValueError("mann_whitney_u needs samples on both sides")
+    ranks, ties = _rank(np.concatenate([xs, ys]))
+    u1 = float(ranks[:n1].sum() - n1 * (n1 + 1) / 2)
+    u2 = n1 * n2 - u1
+    if alternative == "greater":
+        u, factor = u1, 1.0
+    elif alternative == "less":
+        u, factor = u2, 1.0
+    elif alternative == "two-sided":
+        u, factor = max(u1, u2), 2.0
+    else:
+        raise ValueError(f"alternative must be two-sided, less or greater, not {alternative!r}")
+    if min(n1, n2) <= EXACT_MAX_N and not (ties > 1).any():
+        p = _exact_sf(int(round(u)), n1, n2)
+    else:
+        p = _normal_sf(u, n1, n2, ties)
+    return u1, float(min(max(p * factor, 0.0), 1.0))
+
+
+def _rank(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Average ranks (1-based) and the size of each group of equal values."""
+    order = np.argsort(values, kind="mergesort")
+    sorted_values = values[order]
+    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
+    counts = np.diff(np.r_[starts, values.size])
+    average = starts + (counts + 1) / 2.0  # mean of 1-based ranks start+1 .. start+count
+    ranks = np.empty(values.size)
+    ranks[order] = np.repeat(average, counts)
+    return ranks, counts
+
+
+def _normal_sf(u: float, n1: int, n2: int, ties: np.ndarray) -> float:
+    n = n1 + n2
+    tie_term = float((ties.astype(np.float64) ** 3 - ties).sum())
+    sigma = math.sqrt(n1 * n2 / 12 * ((n + 1) - tie_term / (n * (n - 1))))
+    if sigma == 0:  # every value equal: no evidence of anything
+        return 1.0
+    z = (u - n1 * n2 / 2 - 0.5) / sigma
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def _exact_sf(u: int, n1: int, n2: int) -> float:
+    """P(U >= u) under the null: U counts partitions in an n1 x n2 box (Gaussian binomial)."""
+    small, large = sorted((n1, n2))
+    size = small * large + 1
+    counts = [1] + [0] * (size - 1)
+    for k in range(1, small + 1):  # multiply by (1 - q^(large+k)) / (1 - q^k), exactly in ints
+        for i in range(size - 1, large + k - 1, -1):
+            counts[i] -= counts[i - large - k]
+        for i in range(k, size):
+            counts[i] += counts[i - k]
+    return sum(counts[max(u, 0):]) / math.comb(n1 + n2, n1)
+
+
+def _beyond_floor(rule: RegressionRule, old: float, new: float) -> bool:
+    return abs(new - old) > rule.min_abs_change
+
+
+def _direction(worse_by: float) -> str:
+    return "worse" if worse_by > 0 else "better"
+
+
+def _finite(samples: Sequence[float] | None) -> np.ndarray:
+    if samples is None:
+        return np.empty(0)
+    values = np.asarray([float(s) for s in samples if s is not None], dtype=np.float64)
+    return values[np.isfinite(values)]
+
+
+def _is_number(value: float | None) -> bool:
+    return value is not None and math.isfinite(float(value))
+
+
+def _num(value: float | None) -> str:
+    return "?" if value is None else f"{value:.4g}"
+
+
+def _pct(change: float) -> str:
+    return f"{change * 100:+.1f}%" if math.isfinite(change) else ("+inf" if change > 0 else "-inf")
