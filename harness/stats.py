@@ -1,4 +1,4 @@
-"""Summaries of latency samples: percentiles, spread and a bootstrap interval for the median."""
+"""Summaries of latency samples: percentiles, spread, outliers and the median's bootstrap interval."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-BOOTSTRAP_RESAMPLES = 2000
-CONFIDENCE = 0.95
+from .runner.timing import median_ci  # one definition for the runner's stopping rule and the host
 
 
 @dataclass(frozen=True)
@@ -18,6 +17,8 @@ class Summary:
     p99: float
     mean: float
     stdev: float
+    iqr: float
+    outliers: int  # samples beyond 1.5 IQR of the quartiles (Tukey's fences)
     ci_low: float
     ci_high: float
 
@@ -26,22 +27,14 @@ class Summary:
 
 
 def summarize(samples: list[float], seed: int = 0) -> Summary:
-    """Percentiles (linear interpolation), sample stdev, and a percentile-bootstrap CI of the median."""
+    """Percentiles (linear interpolation), sample stdev, IQR, Tukey outliers, CI of the median."""
     values = np.asarray(samples, dtype=np.float64)
     if values.size == 0:
         raise ValueError("no samples to summarize")
-    p50, p90, p99 = np.percentile(values, [50, 90, 99])
+    q1, p50, q3, p90, p99 = np.percentile(values, [25, 50, 75, 90, 99])
+    iqr = q3 - q1
+    outliers = int(((values < q1 - 1.5 * iqr) | (values > q3 + 1.5 * iqr)).sum())
     low, high = median_ci(values, seed)
     stdev = float(values.std(ddof=1)) if values.size > 1 else 0.0
-    return Summary(int(values.size), float(p50), float(p90), float(p99), float(values.mean()), stdev, low, high)
-
-
-def median_ci(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    if values.size < 2:
-        return float(values[0]), float(values[0])
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, values.size, size=(BOOTSTRAP_RESAMPLES, values.size))
-    medians = np.median(values[picks], axis=1)
-    tail = (1 - CONFIDENCE) / 2 * 100
-    low, high = np.percentile(medians, [tail, 100 - tail])
-    return float(low), float(high)
+    return Summary(int(values.size), float(p50), float(p90), float(p99), float(values.mean()), stdev,
+                   float(iqr), outliers, low, high)
