@@ -99,7 +99,7 @@ def _same_commit(recorded: object, commit: str) -> bool:
     """A recorded commit (full or abbreviated sha, perhaps with "-dirty") names ``commit``."""
     if not isinstance(recorded, str) or not recorded:
         return False
-    sha = recorded[: -len(DIRTY)] if recorded.endswith(DIRTY) else recorded
+    sha = recorded.removesuffix(DIRTY)
     return len(sha) >= 7 and commit.startswith(sha.lower())
 
 

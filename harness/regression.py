@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .metrics import METRICS
+from .metrics import METRICS, Direction
 
 MIN_SAMPLES = 5  # fewer on either side: the test has no power, use the scalar rule
 SAME_WITHIN = 0.001  # a scalar that moved less than 0.1% is reported "same", not better/worse
@@ -38,7 +38,7 @@ class RegressionRule:
     min_abs_change: float = 0.0
 
     @property
-    def better(self) -> str:
+    def better(self) -> Direction:
         return METRICS[self.metric].better
 
 
@@ -82,6 +82,7 @@ DEFAULT_RULES: dict[str, RegressionRule] = {
     for rule in (
         RegressionRule("decode_ms", 0.05),
         RegressionRule("prefill_ms", 0.05),
+        RegressionRule("ttft_ms", 0.05),
         RegressionRule("decode_tok_s", 0.05),
         RegressionRule("prefill_tok_s", 0.05),
         RegressionRule("peak_rss_mb", 0.10),
@@ -185,7 +186,7 @@ def mann_whitney_u(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndar
     else:
         raise ValueError(f"alternative must be two-sided, less or greater, not {alternative!r}")
     if min(n1, n2) <= EXACT_MAX_N and not (ties > 1).any():
-        p = _exact_sf(int(round(u)), n1, n2)
+        p = _exact_sf(round(u), n1, n2)
     else:
         p = _normal_sf(u, n1, n2, ties)
     return u1, float(min(max(p * factor, 0.0), 1.0))
@@ -231,7 +232,7 @@ def _beyond_floor(rule: RegressionRule, old: float, new: float) -> bool:
 
 
 def _direction(worse_by: float) -> str:
-    return "worse" if worse_by > 0 else "better"
+    return "worse" if worse_by > 0 else ("better" if worse_by < 0 else "same")
 
 
 def _finite(samples: Sequence[float] | None) -> np.ndarray:

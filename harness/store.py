@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import sqlite3
 import tempfile
@@ -264,7 +265,7 @@ def decode_value(value: Any) -> float | None:
     if value is None:
         return None
     number = float(value)
-    return None if number != number else number
+    return None if math.isnan(number) else number
 
 
 def _cell(value: Any) -> Any:

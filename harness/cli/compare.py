@@ -11,6 +11,7 @@ import argparse
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -19,7 +20,9 @@ from ..metrics import METRICS, REPORT_ORDER
 from ..regression import DEFAULT_RULES, Comparison, RegressionRule, compare_metric, relative_change
 from ..store import HistoryStore, decode_samples, decode_value
 
-FALLBACK_MAX_CHANGE = 0.05  # for catalogued metrics without a default rule (load_ms, power_w, ...)
+# Catalogued metrics without a default rule (load_ms, power_w, ...) are shown better/worse/same
+# but never "regressed": nobody decided how much worse they may get.
+UNRULED_MAX_CHANGE = math.inf
 KEY = ["suite", "device", "variant", "metric"]
 COLUMNS = [*KEY, "A", "B", "change %", "p-value", "verdict"]
 
@@ -71,16 +74,17 @@ def _latest(results: pd.DataFrame) -> pd.DataFrame:
     return results.drop_duplicates(KEY, keep="last")[[*KEY, "value", "samples"]]
 
 
-def _row(row: object) -> list[object]:
-    metric = str(getattr(row, "metric"))
+def _row(row: Any) -> list[object]:
+    metric = str(row.metric)
     order = REPORT_ORDER.index(metric) if metric in REPORT_ORDER else len(REPORT_ORDER)
     key = [getattr(row, k) for k in KEY]
-    old, new = decode_value(getattr(row, "value_a")), decode_value(getattr(row, "value_b"))
+    old, new = decode_value(row.value_a), decode_value(row.value_b)
     if metric not in METRICS:  # no known direction: show the numbers, judge nothing
         change = relative_change(old, new, "lower")[0] if old is not None and new is not None else None
-        return [*key, _fmt(old), _fmt(new), _pct(change), "", "n/a", order]
-    rule = DEFAULT_RULES.get(metric) or RegressionRule(metric, FALLBACK_MAX_CHANGE)
-    result = compare_metric(rule, old, decode_samples(getattr(row, "samples_a")), new, decode_samples(getattr(row, "samples_b")))
+        return [*key, _fmt(old), _fmt(new), _pct(change), "-", "n/a", order]
+    rule = DEFAULT_RULES.get(metric) or RegressionRule(metric, UNRULED_MAX_CHANGE)
+    samples_a, samples_b = decode_samples(row.samples_a), decode_samples(row.samples_b)
+    result = compare_metric(rule, old, samples_a, new, samples_b)
     return [*key, _fmt(result.baseline_value), _fmt(result.value), _pct(result.change), _p(result),
             result.verdict, order]
 
@@ -96,7 +100,7 @@ def _pct(change: float | None) -> str:
 
 
 def _p(result: Comparison) -> str:
-    return "" if result.p_value is None else f"{result.p_value:.2g}"
+    return "-" if result.p_value is None else f"{result.p_value:.2g}"
 
 
 def _filters(args: argparse.Namespace) -> str:
