@@ -19,6 +19,20 @@ def git_commit(folder: Path) -> str:
     return head + ("-dirty" if dirty else "")
 
 
+def git_branch(folder: Path) -> str | None:
+    """The checked-out branch; CI systems check out a detached HEAD and name the branch in env."""
+    try:
+        branch = _git(folder, "rev-parse", "--abbrev-ref", "HEAD")
+    except (OSError, subprocess.CalledProcessError):
+        branch = ""
+    if branch and branch != "HEAD":
+        return branch
+    for variable in ("GITHUB_HEAD_REF", "GITHUB_REF_NAME", "CI_COMMIT_BRANCH", "BRANCH_NAME", "GIT_BRANCH"):
+        if os.environ.get(variable):
+            return os.environ[variable]
+    return None
+
+
 def host_manifest() -> dict[str, Any]:
     import numpy
     import onnxruntime

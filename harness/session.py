@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -10,9 +11,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from . import devicecheck, evaldata, gate
+from .baselines import BaselineChoice, baseline_samples, find_baseline
 from .devicecheck import DeviceReport
 from .errors import BuildError, DeviceNotReady, EdgeGateError, RunnerError
 from .profiles import DeviceProfile
+from .regression import DEFAULT_RULES, compare_metric
 from .stats import Summary, summarize
 from .store import HistoryStore
 from .suites import Suite, VariantSpec
@@ -21,6 +24,7 @@ from .variants.factory import Artifact, VariantFactory
 
 RELATIVE_METRICS = ("kl_mean", "kl_max", "top1_agreement")  # defined only against a reference
 JOB_TIMEOUT_S = 3600.0
+SLOWDOWN_ENV = "EDGEGATE_INJECT_SLOWDOWN"  # e.g. 0.10: every timed call sleeps 10% longer; to test the gate
 
 
 @dataclass
@@ -53,7 +57,8 @@ class RunSession:
     """Memoizes builds and measurements so a reference is measured once per device."""
 
     def __init__(self, run_id: str, git_commit: str, store: HistoryStore, cache_root: Path,
-                 log: Callable[[str], None] = lambda _: None, accept_new_host_keys: bool = False) -> None:
+                 log: Callable[[str], None] = lambda _: None, accept_new_host_keys: bool = False,
+                 baseline_spec: str | None = None, repo: Path | None = None) -> None:
         self.run_id = run_id
         self.git_commit = git_commit
         self.store = store
@@ -67,6 +72,9 @@ class RunSession:
         self._weight_bytes_memo: dict[str, int] = {}
         self.device_reports: dict[str, DeviceReport] = {}
         self.accept_new_host_keys = accept_new_host_keys
+        self.baseline_spec = baseline_spec
+        self.repo = repo
+        self.baselines: dict[tuple[str, str, str], BaselineChoice | None] = {}
 
     def factory(self, suite: Suite) -> VariantFactory:
         if suite.path not in self._factories:
@@ -97,11 +105,33 @@ class RunSession:
             reference_result = self._reference(suite, device)
             reference = reference_result.values() if reference_result else {}
         breaches = gate.check(thresholds, result.values(), reference, result.notes())
+        breaches += self._regressions(suite, device, variant, result)
         self.store.append_verdict({
             "run_id": self.run_id, "time": _now(), "suite": suite.name, "device": device.name,
             "variant": variant.name, "passed": not breaches and not result.errors,
             "breaches": [b.reason for b in breaches], "error": "; ".join(result.errors) or None,
         })
+        return breaches
+
+    def _regressions(self, suite: Suite, device: DeviceProfile, variant: VariantSpec,
+                     result: VariantResult) -> list[gate.Breach]:
+        """Metrics that got worse than the baseline run, beyond their rule and beyond noise."""
+        choice = find_baseline(self.store, suite.name, device.name, variant.name, self.baseline_spec,
+                               exclude_run=self.run_id, repo=self.repo)
+        self.baselines[(suite.name, device.name, variant.name)] = choice
+        if choice is None:
+            self.log(f"{variant.name} on {device.name}: no baseline yet, thresholds only")
+            return []
+        old = baseline_samples(self.store, choice.run_id, suite.name, device.name, variant.name)
+        breaches = []
+        for name, rule in (suite.regressions or DEFAULT_RULES).items():
+            if name in old and name in result.metrics:
+                new = result.metrics[name]
+                comparison = compare_metric(rule, *old[name], new.value, new.samples)
+                if comparison.regressed:
+                    reason = f"{comparison.message()} vs baseline {choice.run_id} ({choice.reason})"
+                    breaches.append(gate.Breach(gate.Threshold(name, "baseline", rule.max_change),
+                                                comparison.value, comparison.baseline_value, reason))
         return breaches
 
     def record_error(self, suite: Suite, device: DeviceProfile, variant: VariantSpec, error: str) -> None:
@@ -224,6 +254,7 @@ class RunSession:
             "providers": list(device.execution_providers),
             "threads": device.threads,
             "power": {"kind": device.power_sensor.kind, "command": device.power_sensor.command},
+            "inject_slowdown": float(os.environ.get(SLOWDOWN_ENV) or 0.0),
             "measurements": {
                 "prefill": {"prompt_ids": list(text.prompt_ids), **_stop_fields(suite.prefill)},
                 "decode": {"prompt_ids": list(text.prompt_ids[: suite.decode.prompt_tokens]),
@@ -253,7 +284,7 @@ class RunSession:
         return {
             "run_id": self.run_id, "time": _now(), "git_commit": self.git_commit, "suite": result.suite,
             "device": result.device, "variant": result.variant, "metric": metric.name, "value": metric.value,
-            "unit": metric.unit, "samples": metric.samples, "note": metric.note, "schema_version": 1, **summary,
+            "unit": metric.unit, "samples": metric.samples, "note": metric.note, **summary,
         }
 
 

@@ -10,6 +10,8 @@ from typing import Any
 from .config import Fields, load_yaml_mapping
 from .errors import ConfigError
 from .gate import Threshold, parse_thresholds
+from .metrics import METRICS
+from .regression import DEFAULT_RULES, RegressionRule
 
 SUITE_SCHEMA = 1
 BASE_MODEL_KINDS = ("gguf_package", "gguf_file", "hf_dir")
@@ -80,6 +82,7 @@ class Suite:
     accuracy: AccuracySpec = AccuracySpec()
     thresholds: dict[str, tuple[Threshold, ...]] = field(default_factory=dict)
     description: str = ""
+    regressions: dict[str, RegressionRule] = field(default_factory=dict)
 
     def variant(self, name: str) -> VariantSpec:
         for spec in self.variants:
@@ -112,10 +115,34 @@ def load_suite(path: Path) -> Suite:
         accuracy=_spec(measure.sub("accuracy"), AccuracySpec),
         thresholds=parse_thresholds(path, "thresholds", fields.get("thresholds", dict, {})),
         description=fields.get("description", str, ""),
+        regressions=_regressions(fields.sub("regressions")),
     )
     measure.finish()
     fields.finish()
     return suite
+
+
+def _regressions(fields: Fields) -> dict[str, RegressionRule]:
+    """The default rules, with the suite's changes: ``{metric: {max_change, alpha, min_abs_change}}``
+    or ``{metric: false}`` to turn a rule off."""
+    rules = dict(DEFAULT_RULES)
+    for metric in list(fields.data):
+        if metric not in METRICS:
+            raise ConfigError(fields.path, fields.name(metric), f"unknown metric; known: {', '.join(METRICS)}")
+        if fields.data[metric] is False:  # `metric: false` turns its rule off
+            fields.get(metric, bool)
+            rules.pop(metric, None)
+            continue
+        entry = fields.sub(metric, required=True)
+        base = rules.get(metric, RegressionRule(metric, 0.05))
+        rules[metric] = RegressionRule(
+            metric,
+            float(entry.number("max_change", base.max_change, minimum=0)),
+            float(entry.number("alpha", base.alpha, minimum=0)),
+            float(entry.number("min_abs_change", base.min_abs_change, minimum=0)),
+        )
+        entry.finish()
+    return rules
 
 
 def _name(fields: Fields, key: str, default: str) -> str:

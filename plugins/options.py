@@ -22,6 +22,11 @@ def add_options(addoption: Callable[..., Any], prefix: str = "--edgegate-") -> N
               help="where HTML reports go (default: <rootdir>/reports)")
     addoption(f"{prefix}cache", dest="edgegate_cache", metavar="DIR", default=None,
               help="variant build cache (default: $EDGEGATE_CACHE_DIR or ~/.cache/edgegate)")
+    addoption(f"{prefix}baseline", dest="edgegate_baseline", metavar="SPEC", default=None,
+              help="compare with this baseline: a run id, git ref or tag (default: the pinned baseline, "
+                   "else the last passing run on main)")
+    addoption("--no-gate", dest="edgegate_no_gate", action="store_true", default=False,
+              help="measure, record and report, but fail no test on thresholds or regressions")
     addoption(f"{prefix}accept-new-host-keys", dest="edgegate_accept_new_host_keys", action="store_true",
               default=False, help="trust and record the SSH host key of a device seen for the first time")
 
@@ -35,6 +40,8 @@ class Settings:
     cache_dir: Path
     rootdir: Path
     accept_new_host_keys: bool = False
+    baseline: str | None = None
+    no_gate: bool = False
 
 
 def settings_from(getoption: Callable[[str], Any], rootdir: Path) -> Settings:
@@ -51,4 +58,6 @@ def settings_from(getoption: Callable[[str], Any], rootdir: Path) -> Settings:
         cache_dir=path("edgegate_cache", cache_default.expanduser()),
         rootdir=rootdir,
         accept_new_host_keys=bool(getoption("edgegate_accept_new_host_keys")),
+        baseline=getoption("edgegate_baseline"),
+        no_gate=bool(getoption("edgegate_no_gate")),
     )

@@ -33,7 +33,8 @@ class Recorder:
         self.store = HistoryStore(settings.history)
         self.suites: list[str] = []
         self.session = RunSession(self.run_id, environment.git_commit(settings.rootdir), self.store,
-                                  settings.cache_dir, self.log, settings.accept_new_host_keys)
+                                  settings.cache_dir, self.log, settings.accept_new_host_keys,
+                                  baseline_spec=settings.baseline, repo=settings.rootdir)
         self.report: Path | None = None
         self.benchmark_files: list[Path] = []
         self.environment: dict[str, object] = {}
@@ -45,6 +46,7 @@ class Recorder:
         self.environment = {"host": environment.host_manifest()}
         self.store.start_run(RunInfo(
             self.run_id, _now(), self.session.git_commit, tuple(suites), tuple(self.profiles), self.environment,
+            branch=environment.git_branch(self.settings.rootdir),
         ))
         self._started = True
 
@@ -62,7 +64,9 @@ class Recorder:
         if not self._started:
             return
         devices = {name: report.facts for name, report in self.session.device_reports.items()}
-        self.store.finish_run(self.run_id, _now(), int(exitstatus), {**self.environment, "devices": devices})
+        baselines = {"/".join(key): (vars(choice) if choice else None) for key, choice in self.session.baselines.items()}
+        self.store.finish_run(self.run_id, _now(), int(exitstatus),
+                              {**self.environment, "devices": devices, "baselines": baselines})
         local = [name for name, profile in self.profiles.items() if profile.transport == "local"]
         try:
             self.benchmark_files = benchjson.write_run(self.store, self.run_id, self.settings.reports_dir / "benchmarks", local)

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from edgegate.regression import DEFAULT_RULES, Comparison, RegressionRule, compare_metric, mann_whitney_u
+from edgegate.regression import RegressionRule, DEFAULT_RULES, Comparison, RegressionRule, compare_metric, mann_whitney_u
 
 DECODE = DEFAULT_RULES["decode_ms"]
 
@@ -63,7 +63,7 @@ def test_fewer_than_five_samples_fall_back_to_the_scalar_rule() -> None:
 
 
 def test_higher_is_better_metrics_regress_when_they_drop() -> None:
-    rule = DEFAULT_RULES["decode_tok_s"]
+    rule = RegressionRule("decode_tok_s", 0.05)
     old = lognormal(7, median=40.0)
     slower = judge(rule, old, lognormal(8, median=40.0) * 0.9)
     assert slower.regressed and slower.change < 0 and slower.worse_by > 0  # type: ignore[operator]

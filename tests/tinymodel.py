@@ -24,7 +24,7 @@ def train_tokenizer(text: str):  # -> tokenizers.Tokenizer
     return tokenizer
 
 
-def build_tiny_llama(folder: Path, seed: int = 0) -> Path:
+def build_tiny_llama(folder: Path, seed: int = 0, hidden: int = 64, layers: int = 2) -> Path:
     """Write a transformers folder (config, safetensors, tokenizer) that AutoModel can load."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -33,8 +33,8 @@ def build_tiny_llama(folder: Path, seed: int = 0) -> Path:
 
     tokenizer = train_tokenizer(english_text(EVAL_TOPICS + PROMPT_TOPICS))
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    config = LlamaConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=1024, tie_word_embeddings=True,
                          bos_token_id=1, eos_token_id=2)
     model = LlamaForCausalLM(config).eval()

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import EdgeGateError
-from . import devices, report
+from . import compare, devices, report
 
 
 def parser() -> argparse.ArgumentParser:
@@ -14,6 +14,7 @@ def parser() -> argparse.ArgumentParser:
     subparsers = top.add_subparsers(dest="command", required=True)
     devices.add_parser(subparsers)
     report.add_parser(subparsers)
+    compare.add_parser(subparsers)
     return top
 
 

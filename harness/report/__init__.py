@@ -51,6 +51,10 @@ def run_context(store: HistoryStore, run_id: str) -> dict[str, Any]:
     run["suite_names"] = ", ".join(Path(p).name for p in json.loads(run.get("suites") or "[]"))
     run["device_names"] = ", ".join(json.loads(run.get("devices") or "[]"))
     rows = _rows(results, verdicts)
+    baselines = json.loads(run.get("environment") or "{}").get("baselines", {})
+    for row in rows:
+        choice = baselines.get(f"{row['suite']}/{row['device']}/{row['variant']}")
+        row["baseline"] = f"{choice['run_id']} ({choice['reason']})" if choice else "none yet: thresholds only"
     return {
         "run": run,
         "environment": json.loads(run.get("environment") or "{}"),

@@ -35,7 +35,8 @@ def run_job(job: dict[str, Any]) -> int:
         failures += _guarded("idle power", lambda: [metric("power_idle_w", sensors.idle_baseline(sensor), "W")])
     backend_type = BACKENDS[job.get("backend", "onnxruntime")]
     try:
-        backend, events = measure.load(lambda: backend_type(job["model"], job["providers"], job["threads"]))
+        backend, events = measure.load(lambda: backend_type(job["model"], job["providers"], job["threads"],
+                                                            float(job.get("inject_slowdown", 0.0))))
     except Exception as exc:  # noqa: BLE001 - reported to the host, which decides
         emit(_error("load", exc))
         emit({"event": "done", "failures": failures + 1})

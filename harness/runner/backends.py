@@ -23,8 +23,10 @@ class CausalLMBackend(Protocol):
 class OnnxRuntimeBackend:
     """onnxruntime with the graph layout that EdgeGate's exporter writes."""
 
-    def __init__(self, model_path: str, providers: list[str], threads: int) -> None:
+    def __init__(self, model_path: str, providers: list[str], threads: int, slowdown: float = 0.0) -> None:
         import onnxruntime as ort
+
+        self.slowdown = slowdown  # fault injection for testing the gate: sleep this share of each call
 
         options = ort.SessionOptions()
         if threads:
@@ -55,6 +57,8 @@ class OnnxRuntimeBackend:
         names = ["logits", *self._present_names]
         start = time.perf_counter_ns()
         outputs = self.session.run(names, feeds)
+        if self.slowdown:
+            time.sleep((time.perf_counter_ns() - start) * self.slowdown / 1e9)
         elapsed_ns = time.perf_counter_ns() - start
         return outputs[0], dict(zip(self._past_names, outputs[1:])), elapsed_ns
 
