@@ -34,6 +34,9 @@ measurements:
 thresholds:
   perplexity: {{max_ratio: 1.5}}
   top1_agreement: {{min: 0.5}}
+# The tiny model's sub-millisecond timings move 10-80% between processes: these tests check other
+# things, so its latency rules are off (tests/test_gating_end_to_end.py tests the rules).
+regressions: {{decode_ms: false, prefill_ms: false, ttft_ms: false}}
 """
 
 

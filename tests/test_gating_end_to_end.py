@@ -32,14 +32,15 @@ def gated_project(tiny_project: Path, small_model_dir: Path) -> Path:
     shutil.rmtree(tiny_project / "suites" / "tiny_model")
     shutil.copytree(small_model_dir, tiny_project / "suites" / "tiny_model")
     suite = tiny_project / "suites" / "suite_tiny.yaml"
-    text = suite.read_text().replace(
+    text = suite.read_text().split("# The tiny model's")[0].replace(
         "decode: {prompt_tokens: 8, tokens: 4, warmup: 1, min_samples: 8, max_samples: 8, target_ci: 0}",
         "decode: {prompt_tokens: 8, tokens: 16, warmup: 2, min_samples: 160, max_samples: 160, target_ci: 0}",
     ).replace("prefill: {prompt_tokens: 16, warmup: 1, min_samples: 3, max_samples: 3, target_ci: 0}",
               "prefill: {prompt_tokens: 16, warmup: 2, min_samples: 40, max_samples: 40, target_ci: 0}")
-    # Small models' short calls still move more between processes than a real model's, so this
-    # suite allows 15% where the default allows 5%; bench/bench_gate.py gives the real model's rates.
-    rules = "regressions: {decode_ms: {max_change: 0.15}, prefill_ms: {max_change: 0.15}, ttft_ms: {max_change: 0.15}}\n"
+    # A small model's millisecond calls still moved 15-30% between two processes measuring the same
+    # build on this 2-core machine, so this suite allows 40% and the test injects +100%; the
+    # default suite allows 5% and bench/bench_gate.py measures its false-alarm and detection rates.
+    rules = "regressions: {decode_ms: {max_change: 0.40}, prefill_ms: {max_change: 0.40}, ttft_ms: {max_change: 0.40}}\n"
     suite.write_text(text + rules)
     return tiny_project
 
@@ -51,10 +52,10 @@ def test_aa_passes_then_an_injected_slowdown_fails_against_the_baseline(
     first.stdout.fnmatch_lines(["*fp32 on local: no baseline yet, thresholds only*"])
     same = nightly(pytester, shared_cache, "--junitxml=aa.xml")
     same.assert_outcomes(passed=3)  # the same build measured twice: noise alone fails nothing
-    monkeypatch.setenv("EDGEGATE_INJECT_SLOWDOWN", "0.30")
+    monkeypatch.setenv("EDGEGATE_INJECT_SLOWDOWN", "1.0")
     slow = nightly(pytester, shared_cache)
     assert slow.ret == 1
-    slow.stdout.fnmatch_lines(["*decode_ms regressed: * ms (+*%, limit +15%), Mann-Whitney U p=* < 0.01 vs baseline *"])
+    slow.stdout.fnmatch_lines(["*decode_ms regressed: * ms (+*%, limit +40%), Mann-Whitney U p=* < 0.01 vs baseline *"])
     assert "Traceback" not in slow.stdout.str()
     properties = {p.get("name") for p in ET.parse(gated_project / "aa.xml").iter("property")}
     assert {"edgegate.decode_ms", "edgegate.perplexity", "edgegate.size_mb"} <= properties
