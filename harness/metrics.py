@@ -38,6 +38,7 @@ _CATALOG = (
     MetricInfo("power_peak_w", "W", "lower", "peak power during decode"),
     MetricInfo("power_idle_w", "W", "lower", "average power while idle, before loading"),
     MetricInfo("energy_per_token_j", "J", "lower", "energy per generated token"),
+    MetricInfo("energy_per_prefill_j", "J", "lower", "energy per prefill of the prompt (one inference)"),
     MetricInfo("prefill_contention", "share", "lower", "CPU share used by other processes while timing prefill"),
     MetricInfo("decode_contention", "share", "lower", "CPU share used by other processes while timing decode"),
     MetricInfo("temp_max_c", "C", "lower", "hottest thermal zone after measuring"),

@@ -134,6 +134,10 @@ class RunSession:
                                                 comparison.value, comparison.baseline_value, reason))
         return breaches
 
+    def variant_settings(self) -> dict[str, dict[str, Any]]:
+        """Per suite/device/variant: runtime settings (providers, threads, arena) and thermal state."""
+        return {f"{result.suite}/{result.device}/{result.variant}": result.settings for result in self._results.values()}
+
     def record_error(self, suite: Suite, device: DeviceProfile, variant: VariantSpec, error: str) -> None:
         self.store.append_verdict({
             "run_id": self.run_id, "time": _now(), "suite": suite.name, "device": device.name,

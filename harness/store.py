@@ -25,7 +25,7 @@ import pandas as pd
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 2  # of the file: its tables and columns
+SCHEMA_VERSION = 3  # of the file: its tables and columns
 RESULT_SCHEMA_VERSION = 1  # of one results/verdicts row: what its columns mean
 
 _TABLES = {
@@ -33,7 +33,7 @@ _TABLES = {
             "devices TEXT, exit_status INTEGER, environment TEXT, branch TEXT",
     "results": "run_id TEXT, time TEXT, git_commit TEXT, suite TEXT, device TEXT, variant TEXT, metric TEXT, "
                "value REAL, unit TEXT, n INTEGER, p50 REAL, p90 REAL, p99 REAL, mean REAL, stdev REAL, "
-               "ci_low REAL, ci_high REAL, samples TEXT, note TEXT, schema_version INTEGER",
+               "ci_low REAL, ci_high REAL, samples TEXT, note TEXT, schema_version INTEGER, iqr REAL, outliers INTEGER",
     "verdicts": "run_id TEXT, time TEXT, suite TEXT, device TEXT, variant TEXT, passed INTEGER, "
                 "breaches TEXT, error TEXT, schema_version INTEGER",
     "artifacts": "run_id TEXT, suite TEXT, variant TEXT, recipe TEXT, key TEXT, manifest TEXT",
@@ -44,6 +44,7 @@ _TABLES = {
 # after every table exists.
 _MIGRATIONS: dict[int, tuple[tuple[str, str], ...]] = {
     1: (("runs", "branch TEXT"),),
+    2: (("results", "iqr REAL"), ("results", "outliers INTEGER")),
 }
 RESULT_COLUMNS = [c.split()[0] for c in _TABLES["results"].split(", ")]
 

@@ -66,7 +66,8 @@ class Recorder:
         devices = {name: report.facts for name, report in self.session.device_reports.items()}
         baselines = {"/".join(key): (vars(choice) if choice else None) for key, choice in self.session.baselines.items()}
         self.store.finish_run(self.run_id, _now(), int(exitstatus),
-                              {**self.environment, "devices": devices, "baselines": baselines})
+                              {**self.environment, "devices": devices, "baselines": baselines,
+                               "variants": self.session.variant_settings()})
         local = [name for name, profile in self.profiles.items() if profile.transport == "local"]
         try:
             self.benchmark_files = benchjson.write_run(self.store, self.run_id, self.settings.reports_dir / "benchmarks", local)

@@ -28,3 +28,22 @@ def test_unknown_device_is_one_clear_line(capsys: pytest.CaptureFixture[str]) ->
     err = capsys.readouterr().err
     assert err.startswith("edgegate: ") and "unknown device 'nope'; registered devices:" in err
     assert "Traceback" not in err
+
+
+def test_baseline_pin_wins_then_unpin_returns_to_last_passing(tmp_path: Path) -> None:
+    from edgegate.store import HistoryStore, RunInfo
+
+    store = HistoryStore(tmp_path / "h.sqlite")
+    for run_id, started in (("old", "2026-01-01T00:00:00Z"), ("new", "2026-01-02T00:00:00Z")):
+        store.start_run(RunInfo(run_id, started, "abc", ("s",), ("local",), {}, branch="main"))
+        store.append_verdict({"run_id": run_id, "time": started, "suite": "s", "device": "local",
+                              "variant": "int4", "passed": True})
+    history = ["--history", str(tmp_path / "h.sqlite")]
+    lines: list[str] = []
+    main_args = ["baseline", "show", "s", "local", "int4", *history]
+    assert main(main_args) == 0
+    from edgegate.cli.baseline import run as baseline_run
+
+    baseline_run(parser().parse_args(["baseline", "pin", "s", "local", "int4", "old", *history]), lines.append)
+    baseline_run(parser().parse_args(["baseline", "unpin", "s", "local", "int4", *history]), lines.append)
+    assert lines == ["s/local/int4: old (pinned)", "s/local/int4: new (last passing run on main/master)"]

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import EdgeGateError
-from . import compare, devices, report
+from . import baseline, compare, devices, report
 
 
 def parser() -> argparse.ArgumentParser:
@@ -15,6 +15,7 @@ def parser() -> argparse.ArgumentParser:
     devices.add_parser(subparsers)
     report.add_parser(subparsers)
     compare.add_parser(subparsers)
+    baseline.add_parser(subparsers)
     return top
 
 

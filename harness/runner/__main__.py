@@ -52,7 +52,7 @@ def run_job(job: dict[str, Any]) -> int:
 
 def _measure_all(backend: Any, wanted: dict[str, Any], sensor: Any) -> int:
     steps: list[tuple[str, Callable[[], Iterable[dict[str, Any]]]]] = [
-        ("prefill", lambda: measure.prefill(backend, wanted["prefill"])),
+        ("prefill", lambda: measure.prefill(backend, wanted["prefill"], sensor)),
         ("decode", lambda: measure.decode(backend, wanted["decode"], sensor)),
         ("peak_rss", measure.peak_rss),
         ("accuracy", lambda: measure.accuracy(backend, wanted["accuracy"])),

@@ -63,14 +63,15 @@ def load(factory: Callable[[], CausalLMBackend]) -> tuple[CausalLMBackend, list[
     return backend, events
 
 
-def prefill(backend: CausalLMBackend, job: dict[str, Any]) -> Iterator[Event]:
+def prefill(backend: CausalLMBackend, job: dict[str, Any], sensor: Any = None) -> Iterator[Event]:
     """Prefill latency (the runtime call) and time to first token (call + picking the token)."""
     prompt = np.asarray([job["prompt_ids"]], dtype=np.int64)
     for _ in range(job["warmup"]):
         backend.step(prompt, backend.empty_past(), 0)
     rule, run_ms, ttft_ms = StopRule.from_job(job), [], []
+    sampler = PowerSampler(sensor) if sensor is not None else contextlib.nullcontext()
     started = time.monotonic()
-    with CpuContention() as contention:
+    with CpuContention() as contention, sampler:
         while (why := rule.verdict(run_ms, time.monotonic() - started)) is None:
             begin = time.perf_counter_ns()
             logits, _, run_ns = backend.step(prompt, backend.empty_past(), 0)
@@ -82,6 +83,10 @@ def prefill(backend: CausalLMBackend, job: dict[str, Any]) -> Iterator[Event]:
     yield metric("ttft_ms", float(np.median(ttft_ms)), "ms", ttft_ms, note=f"prompt of {prompt.shape[1]} tokens")
     yield metric("prefill_tok_s", prompt.shape[1] / (median_ms / 1e3), "tok/s")
     yield contention_metric("prefill_contention", contention.share)
+    if sensor is not None:
+        watts = sampler.summary(sampler.elapsed_s, len(run_ms))["avg_w"]
+        yield metric("energy_per_prefill_j", watts * float(np.mean(run_ms)) / 1e3 if watts is not None else None, "J",
+                     note="average prefill power x mean prefill time (one inference over the prompt)")
 
 
 def decode(backend: CausalLMBackend, job: dict[str, Any], sensor: Any = None) -> Iterator[Event]:
