@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,3 +36,15 @@ class Transport(Protocol):
     def run_job(self, job: dict[str, Any], timeout_s: float) -> Iterator[dict[str, Any]]: ...
 
     def close(self) -> None: ...
+
+
+def parse_events(lines: Iterable[str | bytes]) -> Iterator[dict[str, Any]]:
+    """The runner's JSON lines; anything else it printed comes through as a log event."""
+    for raw in lines:
+        line = (raw.decode(errors="replace") if isinstance(raw, bytes) else raw).strip()
+        if not line:
+            continue
+        try:
+            yield json.loads(line)
+        except ValueError:
+            yield {"event": "log", "line": line}

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import RunnerError, TransportError
 from ..profiles import DeviceProfile
-from .base import CommandResult
+from .base import CommandResult, parse_events
 
 RUNNER_MODULE = "edgegate.runner"
 
@@ -66,7 +66,7 @@ class LocalTransport:
             assert process.stdin is not None and process.stdout is not None
             process.stdin.write(json.dumps(job))
             process.stdin.close()
-            yield from _events(process.stdout)
+            yield from parse_events(process.stdout)
             code = process.wait()
         finally:
             timer.cancel()
@@ -80,14 +80,3 @@ class LocalTransport:
 
     def close(self) -> None:
         pass
-
-
-def _events(stream: Any) -> Iterator[dict[str, Any]]:
-    for line in stream:
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            yield json.loads(line)
-        except ValueError:
-            yield {"event": "log", "line": line}

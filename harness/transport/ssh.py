@@ -21,7 +21,7 @@ import paramiko
 
 from ..errors import DeviceUnreachable, HostKeyError, RunnerError, TransportError
 from ..profiles import DeviceProfile, SshSettings
-from .base import CommandResult
+from .base import CommandResult, parse_events
 
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
 WINDOW_SIZE = 64 * 1024 * 1024
@@ -189,7 +189,7 @@ class SshTransport:
             channel.exec_command(command)
             channel.sendall(json.dumps(job).encode())
             channel.shutdown_write()
-            yield from _event_lines(channel)
+            yield from parse_events(channel.makefile("rb"))
             stderr = _read_all(channel.makefile_stderr("rb"))
             status = channel.recv_exit_status()
         except socket.timeout:
@@ -323,17 +323,6 @@ def _read_all(stream: Any) -> bytes:
         return stream.read()
     except (socket.timeout, OSError):
         return b""
-
-
-def _event_lines(channel: paramiko.Channel) -> Iterator[dict[str, Any]]:
-    for raw in channel.makefile("rb"):
-        line = raw.decode(errors="replace").strip()
-        if not line:
-            continue
-        try:
-            yield json.loads(line)
-        except ValueError:
-            yield {"event": "log", "line": line}
 
 
 def _describe(exc: BaseException | None) -> str:
