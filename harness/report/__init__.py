@@ -110,7 +110,9 @@ def _cell(record: dict[str, Any] | None) -> Cell:
 
 def _warnings(results: pd.DataFrame) -> list[dict[str, str]]:
     """Measurements flagged by the runner: contention, throttling, trip points, governors."""
-    flagged = results[results.note.fillna("").str.contains("flagged|trip|dropped|governor")]
+    notes = results.note.fillna("")
+    thermal_missing = (results.metric == "temp_max_c") & notes.str.startswith("unavailable")
+    flagged = results[notes.str.contains("flagged|trip|dropped|governor") | thermal_missing]
     return [{"device": r["device"], "variant": r["variant"], "metric": r["metric"], "note": r["note"]}
             for r in flagged.drop_duplicates(["device", "variant", "metric"], keep="last").to_dict("records")]
 

@@ -14,6 +14,8 @@ from .backends import BACKENDS
 from .events import metric
 
 PROTOCOL = 1
+POWER_METRICS = (("power_w", "W"), ("power_peak_w", "W"), ("power_idle_w", "W"),
+                 ("energy_per_token_j", "J"), ("energy_per_prefill_j", "J"))
 
 
 def emit(event: dict[str, Any]) -> None:
@@ -29,7 +31,8 @@ def run_job(job: dict[str, Any]) -> int:
     sensor = sensors.open_sensor({**job.get("power", {}), "sysfs_root": sysfs_root})
     failures = _guarded("size", lambda: measure.model_size(job["model"]))
     if isinstance(sensor, sensors.Unavailable):
-        emit(metric("power_w", None, "W", note=f"unavailable: {sensor.reason}"))
+        for name, unit in POWER_METRICS:
+            emit(metric(name, None, unit, note=f"unavailable: {sensor.reason}"))
         sensor = None
     else:
         failures += _guarded("idle power", lambda: [metric("power_idle_w", sensors.idle_baseline(sensor), "W")])
