@@ -11,14 +11,20 @@ from typing import Any
 
 import jinja2
 import pandas as pd
+from markupsafe import Markup
 
 from ..metrics import METRICS
 from ..store import HistoryStore
+from . import charts
 
 TEMPLATE = "report.html.j2"
 COLUMNS = ("size_mb", "ttft_ms", "prefill_tok_s", "decode_ms", "decode_tok_s", "roofline_fraction", "peak_rss_mb",
            "perplexity", "kl_mean", "top1_agreement", "power_w", "energy_per_token_j")
 DETAIL_COLUMNS = tuple(name for name in METRICS if name not in COLUMNS)
+TREND_METRICS = ("decode_ms", "perplexity")
+TREND_RUNS = 20  # how many runs of the history the trend charts show
+CHANGE_NOISE = 0.01  # relative changes below this are shown grey: neither better nor worse
+KEY = ["suite", "device", "variant"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,8 @@ class Cell:
     title: str = ""
     unavailable: bool = False
     interval: str = ""
+    change: str = ""  # relative change against the baseline run, e.g. "+3.1%"
+    change_class: str = ""  # "better", "worse" or "same"
 
 
 def render_run(store: HistoryStore, run_id: str, out_dir: Path, template_dir: Path | None = None) -> Path:
@@ -43,21 +51,26 @@ def render_run(store: HistoryStore, run_id: str, out_dir: Path, template_dir: Pa
 
 
 def run_context(store: HistoryStore, run_id: str) -> dict[str, Any]:
-    runs = store.frame("runs", run_id)
-    results = store.frame("results", run_id)
+    runs = store.frame("runs")
+    history = store.frame("results")  # the whole history, read once: the run, its baselines and the trends
+    results = history[history.run_id == run_id].reset_index(drop=True)
     verdicts = store.frame("verdicts", run_id)
     artifacts = store.frame("artifacts", run_id)
-    run = runs.iloc[0].to_dict() if len(runs) else {"run_id": run_id, "suites": "[]", "devices": "[]"}
+    mine = runs[runs.run_id == run_id]
+    run = mine.iloc[0].to_dict() if len(mine) else {"run_id": run_id, "suites": "[]", "devices": "[]"}
     run["suite_names"] = ", ".join(Path(p).name for p in json.loads(run.get("suites") or "[]"))
     run["device_names"] = ", ".join(json.loads(run.get("devices") or "[]"))
-    rows = _rows(results, verdicts)
-    baselines = json.loads(run.get("environment") or "{}").get("baselines", {})
+    environment = json.loads(run.get("environment") or "{}")
+    baselines = environment.get("baselines") or {}
+    baseline_runs = {tuple(key.split("/", 2)): choice["run_id"] for key, choice in baselines.items()
+                     if choice and choice.get("run_id") and len(key.split("/", 2)) == 3}
+    rows = _rows(results, verdicts, _baseline_values(history, baseline_runs))
     for row in rows:
         choice = baselines.get(f"{row['suite']}/{row['device']}/{row['variant']}")
         row["baseline"] = f"{choice['run_id']} ({choice['reason']})" if choice else "none yet: thresholds only"
     return {
         "run": run,
-        "environment": json.loads(run.get("environment") or "{}"),
+        "environment": environment,
         "columns": [(name, METRICS[name]) for name in COLUMNS],
         "detail_columns": [(name, METRICS[name]) for name in DETAIL_COLUMNS],
         "rows": rows,
@@ -65,34 +78,137 @@ def run_context(store: HistoryStore, run_id: str) -> dict[str, Any]:
         "overall": _overall(rows),
         "breaches": [r for r in rows if r["breaches"] or r["error"]],
         "manifests": _manifests(artifacts),
+        "charts": _charts(results, history, runs, run_id, baseline_runs),
     }
 
 
-def _rows(results: pd.DataFrame, verdicts: pd.DataFrame) -> list[dict[str, Any]]:
-    latest = verdicts.drop_duplicates(["suite", "device", "variant"], keep="last")
-    keys = pd.concat([results[["suite", "device", "variant"]], latest[["suite", "device", "variant"]]]).drop_duplicates()
+def _baseline_values(history: pd.DataFrame, baseline_runs: dict[tuple[str, ...], str]) -> dict[tuple[str, ...], float]:
+    """(suite, device, variant, metric) -> the value its baseline run measured (one merge, no loops)."""
+    if not baseline_runs or history.empty:
+        return {}
+    chosen = pd.DataFrame([(*key, run) for key, run in baseline_runs.items()], columns=[*KEY, "run_id"])
+    found = history.merge(chosen, on=[*KEY, "run_id"])[[*KEY, "metric", "value"]]
+    found = found.drop_duplicates([*KEY, "metric"], keep="last").dropna(subset=["value"])
+    return {(s, d, v, m): float(x) for s, d, v, m, x in found.itertuples(index=False)}
+
+
+def _rows(results: pd.DataFrame, verdicts: pd.DataFrame,
+          baseline_values: dict[tuple[str, ...], float] | None = None) -> list[dict[str, Any]]:
+    latest = verdicts.drop_duplicates(KEY, keep="last")
+    keys = pd.concat([results[KEY], latest[KEY]]).drop_duplicates()
+    by_key = {key: group for key, group in results.groupby(KEY, sort=False)} if len(results) else {}
+    verdict_by_key = {key: group for key, group in latest.groupby(KEY, sort=False)} if len(latest) else {}
+    empty_results, empty_verdict = results.iloc[0:0], latest.iloc[0:0]
     rows = []
     for suite, device, variant in keys.itertuples(index=False):
-        mine = results[(results.suite == suite) & (results.device == device) & (results.variant == variant)]
-        verdict = latest[(latest.suite == suite) & (latest.device == device) & (latest.variant == variant)]
-        rows.append(_row(suite, device, variant, mine.drop_duplicates("metric", keep="last"), verdict))
+        key = (suite, device, variant)
+        mine = by_key.get(key, empty_results)
+        rows.append(_row(suite, device, variant, mine.drop_duplicates("metric", keep="last"),
+                         verdict_by_key.get(key, empty_verdict), baseline_values or {}))
     return rows
 
 
-def _row(suite: str, device: str, variant: str, metrics: pd.DataFrame, verdict: pd.DataFrame) -> dict[str, Any]:
+def _row(suite: str, device: str, variant: str, metrics: pd.DataFrame, verdict: pd.DataFrame,
+         baseline_values: dict[tuple[str, ...], float] | None = None) -> dict[str, Any]:
     by_metric = {r["metric"]: r for r in metrics.to_dict("records")}
+    base = baseline_values or {}
     passed = bool(verdict.iloc[0]["passed"]) if len(verdict) else None
     return {
         "suite": suite, "device": device, "variant": variant,
         "status": {True: "ship", False: "blocked", None: "not judged"}[passed],
         "breaches": json.loads(verdict.iloc[0]["breaches"]) if len(verdict) else [],
         "error": (verdict.iloc[0]["error"] if len(verdict) else None) or None,
-        "cells": [_cell(by_metric.get(name)) for name in COLUMNS],
-        "detail_cells": [_cell(by_metric.get(name)) for name in DETAIL_COLUMNS],
+        "cells": [_cell(by_metric.get(name), base.get((suite, device, variant, name)), name) for name in COLUMNS],
+        "detail_cells": [_cell(by_metric.get(name), base.get((suite, device, variant, name)), name)
+                         for name in DETAIL_COLUMNS],
     }
 
 
-def _cell(record: dict[str, Any] | None) -> Cell:
+def change(value: float, baseline: float | None, metric: str) -> tuple[str, str]:
+    """("+3.1%", "worse"|"better"|"same") for ``value`` against ``baseline``; ("", "") when not comparable."""
+    if baseline is None or not math.isfinite(baseline) or baseline == 0 or not math.isfinite(value):
+        return "", ""
+    relative = (value - baseline) / abs(baseline)
+    if abs(relative) < CHANGE_NOISE:
+        kind = "same"
+    else:
+        lower_better = METRICS[metric].better == "lower" if metric in METRICS else True
+        kind = "better" if (relative < 0) == lower_better else "worse"
+    return f"{relative * 100:+.1f}%", kind
+
+
+def _samples(text: Any) -> list[float]:
+    if not isinstance(text, str) or not text:
+        return []
+    try:
+        values = json.loads(text)
+    except ValueError:
+        return []
+    return [float(v) for v in values if isinstance(v, (int, float))] if isinstance(values, list) else []
+
+
+def _charts(results: pd.DataFrame, history: pd.DataFrame, runs: pd.DataFrame, run_id: str,
+            baseline_runs: dict[tuple[str, ...], str]) -> list[dict[str, Any]]:
+    """Per device: Pareto, decode latency boxes, roofline bars, trends and power traces, as inline SVG."""
+    if results.empty:
+        return []
+    several_suites = results.suite.nunique() > 1
+    latest = results.drop_duplicates([*KEY, "metric"], keep="last")
+    latest = latest.assign(label=latest.variant if not several_suites else latest.suite + "/" + latest.variant)
+    window = _window(runs, run_id)
+    recent = history[history.metric.isin(TREND_METRICS) & history.run_id.isin(window)]
+    recent = recent.drop_duplicates(["run_id", *KEY, "metric"], keep="last")
+    recent = recent.assign(label=recent.variant if not several_suites else recent.suite + "/" + recent.variant)
+    trends = {key: group for key, group in recent.groupby(["device", "metric"], sort=False)}
+    devices = []
+    for device, mine in latest.groupby("device", sort=False):
+        values = mine.pivot_table(index="label", columns="metric", values="value", aggfunc="last", sort=False)
+        items: list[dict[str, Any]] = []
+        if {"decode_ms", "perplexity"} <= set(values.columns):
+            table = values.reset_index().rename(columns={"label": "variant"}).to_dict("records")
+            items.append(_item("Latency vs accuracy", charts.pareto(table, f"Latency vs accuracy on {device}")))
+        decode = mine[mine.metric == "decode_ms"]
+        samples = {label: _samples(text) for label, text in zip(decode.label, decode.samples)}
+        samples = {label: s for label, s in samples.items() if s}
+        if samples:
+            items.append(_item("Decode latency", charts.latency_distribution(samples, f"Decode latency on {device}")))
+        if "roofline_fraction" in values.columns and values["roofline_fraction"].notna().any():
+            items.append(_item("Roofline fraction", charts.bars(values["roofline_fraction"].dropna().to_dict(),
+                                                                "roofline fraction (decode tok/s / ceiling)",
+                                                                f"Roofline fraction on {device}")))
+        marks = {(s + "/" + v if several_suites else v): run for (s, d, v), run in baseline_runs.items() if d == device}
+        for metric in TREND_METRICS:
+            points = trends.get((device, metric))
+            if points is not None and len(points):
+                records = [{"run_id": r, "variant": v, "value": x}
+                           for r, v, x in zip(points.run_id, points.label, points.value)]
+                unit = METRICS[metric].unit
+                items.append(_item(f"{metric} trend", charts.trend(
+                    records, marks, f"{metric} over the last {len(window)} runs on {device}",
+                    f"{metric} ({unit})" if unit else metric, runs=window)))
+        power = mine[mine.metric == "power_w"]
+        for label, text in zip(power.label, power.samples):
+            watts = _samples(text)
+            if watts:
+                items.append(_item(f"Power: {label}", charts.power_trace(watts, f"Power of {label} on {device}")))
+        if items:
+            devices.append({"device": device, "figures": items})
+    return devices
+
+
+def _item(heading: str, svg: Markup) -> dict[str, Any]:
+    return {"heading": heading, "svg": svg}
+
+
+def _window(runs: pd.DataFrame, run_id: str) -> list[str]:
+    """The last TREND_RUNS run ids up to and including ``run_id``, oldest first."""
+    ordered = runs.sort_values("started_at", kind="stable").run_id.tolist() if len(runs) else []
+    if run_id not in ordered:
+        return (ordered + [run_id])[-TREND_RUNS:]
+    return ordered[:ordered.index(run_id) + 1][-TREND_RUNS:]
+
+
+def _cell(record: dict[str, Any] | None, baseline: float | None = None, metric: str = "") -> Cell:
     if record is None:
         return Cell("—", "not measured", unavailable=True)
     value = record.get("value")
@@ -100,12 +216,17 @@ def _cell(record: dict[str, Any] | None) -> Cell:
         note = record.get("note") or "unavailable"
         return Cell(note.split(" (")[0], note, unavailable=True)
     text = _format(float(value))
+    delta, kind = change(float(value), baseline, metric)
+    against = f"baseline {_format(baseline)}" if delta and baseline is not None else ""
     if not record.get("n") or pd.isna(record.get("n")):
-        return Cell(text, record.get("note") or "")
+        note = record.get("note")
+        title = "; ".join(t for t in (note if isinstance(note, str) else "", against) if t)
+        return Cell(text, title or (note or ""), change=delta, change_class=kind)
     title = (f"n={int(record['n'])}, 95% CI of median [{_format(record['ci_low'])}, {_format(record['ci_high'])}], "
              f"p90 {_format(record['p90'])}, p99 {_format(record['p99'])}"
-             + (f"; {record['note']}" if record.get("note") else ""))
-    return Cell(text, title, interval=f"[{_format(record['ci_low'])}, {_format(record['ci_high'])}]")
+             + (f"; {record['note']}" if record.get("note") else "") + (f"; {against}" if against else ""))
+    return Cell(text, title, interval=f"[{_format(record['ci_low'])}, {_format(record['ci_high'])}]",
+                change=delta, change_class=kind)
 
 
 def _warnings(results: pd.DataFrame) -> list[dict[str, str]]:
