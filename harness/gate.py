@@ -103,3 +103,20 @@ def merge(*layers: dict[str, tuple[Threshold, ...]]) -> dict[str, tuple[Threshol
     for layer in layers:
         merged.update(layer)
     return merged
+
+
+def limits(thresholds: dict[str, tuple[Threshold, ...]], reference: dict[str, float | None] | None) -> dict[str, str]:
+    """Each metric's limits as they apply to this variant, e.g. ``<= 20.29`` (ratios resolved)."""
+    shown: dict[str, str] = {}
+    for metric, rules in thresholds.items():
+        parts = []
+        for rule in rules:
+            limit: float | None = rule.limit
+            if rule.kind.endswith("ratio"):
+                ref_value = (reference or {}).get(metric)
+                limit = rule.limit * ref_value if ref_value is not None and not math.isnan(ref_value) else None
+            if limit is not None:
+                parts.append(f"{'<=' if rule.kind.startswith('max') else '>='} {limit:.4g}")
+        if parts:
+            shown[metric] = ", ".join(parts)
+    return shown

@@ -75,6 +75,7 @@ class RunSession:
         self.baseline_spec = baseline_spec
         self.repo = repo
         self.baselines: dict[tuple[str, str, str], BaselineChoice | None] = {}
+        self.limits: dict[tuple[str, str, str], dict[str, str]] = {}  # shown next to the values
 
     def factory(self, suite: Suite) -> VariantFactory:
         if suite.path not in self._factories:
@@ -105,6 +106,7 @@ class RunSession:
             reference_result = self._reference(suite, device)
             reference = reference_result.values() if reference_result else {}
         breaches = gate.check(thresholds, result.values(), reference, result.notes())
+        self.limits[(suite.name, device.name, variant.name)] = gate.limits(thresholds, reference)
         breaches += self._regressions(suite, device, variant, result)
         self.store.append_verdict({
             "run_id": self.run_id, "time": _now(), "suite": suite.name, "device": device.name,

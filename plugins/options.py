@@ -22,6 +22,8 @@ def add_options(addoption: Callable[..., Any], prefix: str = "--edgegate-") -> N
               help="where HTML reports go (default: <rootdir>/reports)")
     addoption(f"{prefix}cache", dest="edgegate_cache", metavar="DIR", default=None,
               help="variant build cache (default: $EDGEGATE_CACHE_DIR or ~/.cache/edgegate)")
+    addoption(f"{prefix}templates", dest="edgegate_templates", metavar="DIR", default=None,
+              help="folder with a report.html.j2 that replaces the built-in report template")
     addoption(f"{prefix}baseline", dest="edgegate_baseline", metavar="SPEC", default=None,
               help="compare with this baseline: a run id, git ref or tag (default: the pinned baseline, "
                    "else the last passing run on main)")
@@ -42,6 +44,7 @@ class Settings:
     accept_new_host_keys: bool = False
     baseline: str | None = None
     no_gate: bool = False
+    templates: Path | None = None
 
 
 def settings_from(getoption: Callable[[str], Any], rootdir: Path) -> Settings:
@@ -60,4 +63,5 @@ def settings_from(getoption: Callable[[str], Any], rootdir: Path) -> Settings:
         accept_new_host_keys=bool(getoption("edgegate_accept_new_host_keys")),
         baseline=getoption("edgegate_baseline"),
         no_gate=bool(getoption("edgegate_no_gate")),
+        templates=path("edgegate_templates", None) if getoption("edgegate_templates") else None,
     )

@@ -67,11 +67,12 @@ class Recorder:
         baselines = {"/".join(key): (vars(choice) if choice else None) for key, choice in self.session.baselines.items()}
         self.store.finish_run(self.run_id, _now(), int(exitstatus),
                               {**self.environment, "devices": devices, "baselines": baselines,
-                               "variants": self.session.variant_settings()})
+                               "variants": self.session.variant_settings(),
+                               "limits": {"/".join(key): shown for key, shown in self.session.limits.items()}})
         local = [name for name, profile in self.profiles.items() if profile.transport == "local"]
         try:
             self.benchmark_files = benchjson.write_run(self.store, self.run_id, self.settings.reports_dir / "benchmarks", local)
-            self.report = render_run(self.store, self.run_id, self.settings.reports_dir)
+            self.report = render_run(self.store, self.run_id, self.settings.reports_dir, self.settings.templates)
         except Exception as exc:  # noqa: BLE001 - the history is safe; say so instead of a traceback
             self.report_error = (f"could not write the report ({type(exc).__name__}: {exc}); every result is in "
                                  f"{self.settings.history}: re-render with `edgegate report {self.run_id}`")

@@ -43,3 +43,9 @@ def test_later_layers_override_per_metric(tmp_path: Path) -> None:
     device = gate.parse_thresholds(tmp_path / "d.yaml", "thresholds", {"decode_ms": {"max": 300}})
     merged = gate.merge(suite, device)
     assert merged["decode_ms"][0].limit == 300 and merged["size_mb"][0].limit == 9
+
+
+def test_limits_resolve_ratios_against_the_reference() -> None:
+    thresholds = rules(perplexity=("max_ratio", 1.10), top1_agreement=("min", 0.8))
+    assert gate.limits(thresholds, {"perplexity": 18.45}) == {"perplexity": "<= 20.3", "top1_agreement": ">= 0.8"}
+    assert gate.limits(thresholds, None) == {"top1_agreement": ">= 0.8"}

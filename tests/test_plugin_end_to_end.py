@@ -35,6 +35,7 @@ def test_suite_passes_records_and_reports(pytester: pytest.Pytester, tiny_projec
     assert sorted(verdicts) == [("fp32", 1), ("int4", 1), ("int8", 1)]
     latest = (tiny_project / "reports" / "latest.html").read_text()
     assert "int4" in latest and "unavailable: no sensor" in latest
+    assert '<small class="limit">limit &lt;= ' in latest  # thresholds shown next to the values
     assert len(list((tiny_project / "reports" / "runs").glob("*.html"))) == 1
     (bench_file,) = (tiny_project / "reports" / "benchmarks" / "edgegate-local").glob("0001_*.json")
     names = {b["name"] for b in json.loads(bench_file.read_text())["benchmarks"]}
@@ -74,3 +75,24 @@ def test_bad_suite_field_names_file_and_field(pytester: pytest.Pytester, tiny_pr
     assert result.ret != 0
     result.stdout.fnmatch_lines(["*suite_tiny.yaml: measurements.prefill.min_samples: expected a number, got str 'three'*"])
     assert "Traceback" not in result.stdout.str()
+
+
+def test_a_planted_secret_reaches_no_output(pytester: pytest.Pytester, tiny_project: Path, shared_cache: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "planted-Secret-4711"
+    monkeypatch.setenv("EDGEGATE_SSH_PASSPHRASE", secret)
+    result = run_suite(pytester, shared_cache, "--junitxml=junit.xml")
+    result.assert_outcomes(passed=3)
+    outputs = [tiny_project / "reports" / "history.sqlite", tiny_project / "junit.xml",
+               *(tiny_project / "reports").rglob("*.html"), *(tiny_project / "reports").rglob("*.json")]
+    for path in outputs:
+        assert secret.encode() not in path.read_bytes(), path
+    assert secret not in result.stdout.str() + result.stderr.str()
+
+
+def test_a_user_template_replaces_the_report(pytester: pytest.Pytester, tiny_project: Path, shared_cache: Path) -> None:
+    templates = tiny_project / "my-templates"
+    templates.mkdir()
+    (templates / "report.html.j2").write_text("<html><body>{{ overall }}: {% for r in rows %}{{ r.variant }} {% endfor %}</body></html>")
+    run_suite(pytester, shared_cache, "--edgegate-templates", str(templates)).assert_outcomes(passed=3)
+    assert (tiny_project / "reports" / "latest.html").read_text() == "<html><body>ship: fp32 int8 int4 </body></html>"

@@ -16,6 +16,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("run_id", nargs="?", help="run id (default: the newest run)")
     parser.add_argument("--history", type=Path, default=Path("reports/history.sqlite"))
     parser.add_argument("--out", type=Path, default=Path("reports"), help="folder for runs/<id>.html and latest.html")
+    parser.add_argument("--templates", type=Path, default=None, help="folder with a report.html.j2 to use instead")
     parser.set_defaults(handler=run)
 
 
@@ -27,5 +28,5 @@ def run(args: argparse.Namespace, out: Callable[[str], None] = print) -> int:
     run_id = args.run_id or (runs.run_id.iloc[-1] if len(runs) else None)
     if run_id is None or run_id not in set(runs.run_id):
         raise StoreError(f"{args.history}: no run {run_id!r}; known: {', '.join(runs.run_id[-5:]) or 'none'}")
-    out(str(render_run(store, run_id, args.out)))
+    out(str(render_run(store, run_id, args.out, args.templates)))
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ class Cell:
     interval: str = ""
     change: str = ""  # relative change against the baseline run, e.g. "+3.1%"
     change_class: str = ""  # "better", "worse" or "same"
+    limit: str = ""  # the thresholds that apply, e.g. "<= 20.29"
 
 
 def render_run(store: HistoryStore, run_id: str, out_dir: Path, template_dir: Path | None = None) -> Path:
@@ -65,9 +66,14 @@ def run_context(store: HistoryStore, run_id: str) -> dict[str, Any]:
     baseline_runs = {tuple(key.split("/", 2)): choice["run_id"] for key, choice in baselines.items()
                      if choice and choice.get("run_id") and len(key.split("/", 2)) == 3}
     rows = _rows(results, verdicts, _baseline_values(history, baseline_runs))
+    limits = json.loads(run.get("environment") or "{}").get("limits", {})
     for row in rows:
-        choice = baselines.get(f"{row['suite']}/{row['device']}/{row['variant']}")
+        key = f"{row['suite']}/{row['device']}/{row['variant']}"
+        choice = baselines.get(key)
         row["baseline"] = f"{choice['run_id']} ({choice['reason']})" if choice else "none yet: thresholds only"
+        shown = limits.get(key, {})
+        row["cells"] = [replace(c, limit=shown.get(n, "")) for n, c in zip(COLUMNS, row["cells"])]
+        row["detail_cells"] = [replace(c, limit=shown.get(n, "")) for n, c in zip(DETAIL_COLUMNS, row["detail_cells"])]
     return {
         "run": run,
         "environment": environment,
