@@ -38,9 +38,9 @@ def gated_project(tiny_project: Path, small_model_dir: Path) -> Path:
     ).replace("prefill: {prompt_tokens: 16, warmup: 1, min_samples: 3, max_samples: 3, target_ci: 0}",
               "prefill: {prompt_tokens: 16, warmup: 2, min_samples: 40, max_samples: 40, target_ci: 0}")
     # A small model's millisecond calls still moved 15-30% between two processes measuring the same
-    # build on this 2-core machine, so this suite allows 40% and the test injects +100%; the
+    # build on this 2-core machine, so this suite allows 60% and the test injects +100%; the
     # default suite allows 5% and bench/bench_gate.py measures its false-alarm and detection rates.
-    rules = "regressions: {decode_ms: {max_change: 0.40}, prefill_ms: {max_change: 0.40}, ttft_ms: {max_change: 0.40}}\n"
+    rules = "regressions: {decode_ms: {max_change: 0.60}, prefill_ms: {max_change: 0.60}, ttft_ms: {max_change: 0.60}}\n"
     suite.write_text(text + rules)
     return tiny_project
 
@@ -55,7 +55,7 @@ def test_aa_passes_then_an_injected_slowdown_fails_against_the_baseline(
     monkeypatch.setenv("EDGEGATE_INJECT_SLOWDOWN", "1.0")
     slow = nightly(pytester, shared_cache)
     assert slow.ret == 1
-    slow.stdout.fnmatch_lines(["*decode_ms regressed: * ms (+*%, limit +40%), Mann-Whitney U p=* < 0.01 vs baseline *"])
+    slow.stdout.fnmatch_lines(["*decode_ms regressed: * ms (+*%, limit +60%), Mann-Whitney U p=* < 0.01 vs baseline *"])
     assert "Traceback" not in slow.stdout.str()
     properties = {p.get("name") for p in ET.parse(gated_project / "aa.xml").iter("property")}
     assert {"edgegate.decode_ms", "edgegate.perplexity", "edgegate.size_mb"} <= properties
