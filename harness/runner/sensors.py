@@ -271,15 +271,16 @@ class PowerSampler:
         self.elapsed_s = time.perf_counter() - self._start  # the region ends now, not after the last slow read
         self._stop.set()
         self._thread.join()
-        self._sample(at=self.elapsed_s)
+        # Stamped when read, not at elapsed_s: a counter read late over a stamp taken early inflates watts.
+        self._sample()
         self._energy[1] = self._safe(self.sensor.read_energy_j)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
             self._sample()
 
-    def _sample(self, at: float | None = None) -> None:
-        now = time.perf_counter() - self._start if at is None else at
+    def _sample(self) -> None:
+        now = time.perf_counter() - self._start
         watts = self._safe(self.sensor.read_watts)
         if watts is None:
             watts = self._watts_from_energy(now)
