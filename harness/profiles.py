@@ -33,6 +33,14 @@ class PowerSensor:
 
 
 @dataclass(frozen=True)
+class LeaseSettings:
+    """How long a run's lease on the device lasts unless renewed, and how long a run waits for one."""
+
+    ttl_s: float = 60.0
+    wait_s: float = 1800.0
+
+
+@dataclass(frozen=True)
 class DeviceProfile:
     """Everything EdgeGate knows about one device before it measures anything."""
 
@@ -49,6 +57,7 @@ class DeviceProfile:
     ssh: SshSettings | None = None
     tags: tuple[str, ...] = ()
     thresholds: dict[str, tuple[Threshold, ...]] = field(default_factory=dict)
+    lease: LeaseSettings = field(default_factory=LeaseSettings)
 
 
 def load_profile(path: Path) -> DeviceProfile:
@@ -77,9 +86,17 @@ def load_profile(path: Path) -> DeviceProfile:
         ssh=_ssh(fields, transport),
         tags=fields.string_list("tags", []),
         thresholds=parse_thresholds(path, "thresholds", fields.get("thresholds", dict, {})),
+        lease=_lease(fields.sub("lease")),
     )
     fields.finish()
     return profile
+
+
+def _lease(fields: Fields) -> LeaseSettings:
+    settings = LeaseSettings(ttl_s=float(fields.number("ttl_s", 60.0, minimum=1)),
+                             wait_s=float(fields.number("wait_s", 1800.0, minimum=0)))
+    fields.finish()
+    return settings
 
 
 def _power_sensor(fields: Fields) -> PowerSensor:
