@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,8 +20,12 @@ def load_yaml_mapping(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(path, "", f"cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, "", f"not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}") from None
     try:
-        data = yaml.safe_load(text)
+        data = _parse(text)
+    except DuplicateKeyError as exc:
+        raise ConfigError(path, exc.field, f"given twice (line {exc.line}); keep one") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -29,6 +34,53 @@ def load_yaml_mapping(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(path, "", f"expected a mapping at the top level, got {_kind(data)}")
     return data
+
+
+def _parse(text: str) -> Any:
+    """``yaml.safe_load``, except that a key given twice in one mapping is an error, not "last wins"."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        duplicate = _duplicate_key(node, "", set())
+        if duplicate is not None:
+            raise DuplicateKeyError(*duplicate)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    def __init__(self, field: str, line: int) -> None:
+        super().__init__(f"{field} given twice")
+        self.field = field
+        self.line = line
+
+
+def _duplicate_key(node: yaml.Node, prefix: str, visited: set[int]) -> tuple[str, int] | None:
+    """The dotted name and line of the first key that repeats within its mapping, if any."""
+    if id(node) in visited:  # an alias: already walked
+        return None
+    visited.add(id(node))
+    children: list[tuple[str, yaml.Node]] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            name = f"{prefix}.{key_node.value}" if prefix else key_node.value
+            if key_node.value in seen:
+                return name, key_node.start_mark.line + 1
+            seen.add(key_node.value)
+            children.append((name, value_node))
+    elif isinstance(node, yaml.SequenceNode):
+        children = [(f"{prefix}[{index}]", item) for index, item in enumerate(node.value)]
+    for name, child in children:
+        found = _duplicate_key(child, name, visited)
+        if found is not None:
+            return found
+    return None
 
 
 class Fields:
@@ -59,10 +111,17 @@ class Fields:
             )
         return value
 
-    def number(self, key: str, default: Any = ..., minimum: float | None = None) -> Any:
+    def number(self, key: str, default: Any = ..., minimum: float | None = None,
+               maximum: float | None = None) -> Any:
         value = self.get(key, (int, float), default)
-        if value is not None and value is not default and minimum is not None and value < minimum:
+        if value is None or value is default:
+            return value
+        if not math.isfinite(value):
+            raise ConfigError(self.path, self.name(key), f"must be a finite number, got {value}")
+        if minimum is not None and value < minimum:
             raise ConfigError(self.path, self.name(key), f"must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(self.path, self.name(key), f"must be at most {maximum}, got {value}")
         return value
 
     def sub(self, key: str, required: bool = False) -> Fields:
@@ -78,7 +137,7 @@ class Fields:
 
     def finish(self) -> None:
         """Complain about keys nobody asked for: a typo must not be silently ignored."""
-        unknown = sorted(set(self.data) - self._seen)
+        unknown = sorted((str(key) for key in set(self.data) - self._seen))
         if unknown:
             raise ConfigError(self.path, self.name(unknown[0]), f"unknown key (known here: {', '.join(sorted(self._seen))})")
 

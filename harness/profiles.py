@@ -13,6 +13,7 @@ from .gate import Threshold, parse_thresholds
 PROFILE_SCHEMA = 1
 POWER_SENSORS = ("none", "ina3221", "rapl", "nvml", "command")
 TRANSPORTS = ("local", "ssh")
+DEFAULT_MEASUREMENT_TIMEOUT_S = 600.0  # each measurement reports when it ends; load of a big model on a slow board included
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -23,7 +24,9 @@ class SshSettings:
     port: int = 22
     key_file: str | None = None
     known_hosts: str | None = None
-    connect_timeout_s: float = 10.0
+    connect_timeout_s: float = 10.0  # TCP connect, SSH handshake and login
+    command_timeout_s: float = 120.0  # a short command (probe, hash, mkdir) that has not finished
+    upload_timeout_s: float = 120.0  # an upload that made no progress for this long
 
 
 @dataclass(frozen=True)
@@ -121,10 +124,12 @@ def _ssh(parent: Fields, transport: str) -> SshSettings | None:
     settings = SshSettings(
         host=fields.get("host", str),
         user=fields.get("user", str),
-        port=int(fields.number("port", 22, minimum=1)),
+        port=int(fields.number("port", 22, minimum=1, maximum=65535)),
         key_file=fields.get("key_file", str, None),
         known_hosts=fields.get("known_hosts", str, None),
         connect_timeout_s=float(fields.number("connect_timeout_s", 10.0, minimum=0.1)),
+        command_timeout_s=float(fields.number("command_timeout_s", 120.0, minimum=1)),
+        upload_timeout_s=float(fields.number("upload_timeout_s", 120.0, minimum=1)),
     )
     fields.finish()
     return settings
