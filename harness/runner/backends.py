@@ -1,4 +1,5 @@
-"""Runtimes behind one small interface: load a causal LM, run one forward step with a KV cache."""
+"""Runtimes behind small interfaces: a causal LM's forward step with a KV cache, a sentence
+encoder's embedding of a batch."""
 
 from __future__ import annotations
 
@@ -75,8 +76,32 @@ class OnnxRuntimeBackend:
         }
 
 
+class OnnxEncoderBackend(OnnxRuntimeBackend):
+    """A sentence encoder exported by EdgeGate: token ids in, ``sentence_embedding`` out.
+
+    It shares the session set-up and settings of the causal-LM backend; its graph has no KV cache.
+    """
+
+    OUTPUT = "sentence_embedding"
+
+    def __init__(self, model_path: str, providers: list[str], threads: int, slowdown: float = 0.0) -> None:
+        super().__init__(model_path, providers, threads, slowdown)
+        self._inputs = {i.name for i in self.session.get_inputs()}
+
+    def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, int]:
+        """(one embedding per row, nanoseconds spent in the runtime's own call)."""
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if "token_type_ids" in self._inputs:  # single sentences: every token is of segment 0
+            feeds["token_type_ids"] = np.zeros_like(input_ids)
+        start = time.perf_counter_ns()
+        (embeddings,) = self.session.run([self.OUTPUT], feeds)
+        if self.slowdown:
+            time.sleep((time.perf_counter_ns() - start) * self.slowdown / 1e9)
+        return embeddings, time.perf_counter_ns() - start
+
+
 def _numpy_dtype(onnx_type: str) -> Any:
     return {"tensor(float16)": np.float16, "tensor(float)": np.float32}.get(onnx_type, np.float32)
 
 
-BACKENDS = {"onnxruntime": OnnxRuntimeBackend}
+BACKENDS = {"onnxruntime": OnnxRuntimeBackend, "onnxruntime_encoder": OnnxEncoderBackend}

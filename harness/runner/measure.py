@@ -171,7 +171,7 @@ def accuracy(backend: CausalLMBackend, job: dict[str, Any]) -> Iterator[Event]:
     picked = np.take_along_axis(logprobs, targets[:, None], axis=1)[:, 0]
     yield metric("perplexity", float(np.exp(-picked.astype(np.float64).mean())), "")
     if job.get("save_logprobs"):
-        _save_atomically(job["save_logprobs"], logprobs)
+        save_atomically(job["save_logprobs"], logprobs)
     reference_path = job.get("reference_logprobs")
     if not reference_path:
         return
@@ -205,7 +205,7 @@ def _kl_per_position(reference: np.ndarray, variant: np.ndarray) -> np.ndarray:
     return np.maximum((np.exp(reference) * (reference - variant)).sum(axis=1), 0.0)
 
 
-def _save_atomically(path: str, array: np.ndarray) -> None:
+def save_atomically(path: str, array: np.ndarray) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     temporary = f"{path}.tmp-{os.getpid()}.npy"
     np.save(temporary, array)

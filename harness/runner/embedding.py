@@ -1,0 +1,113 @@
+"""Sentence-encoder measurements: latency of one batch, and embeddings against the reference's.
+
+The host sends token ids (tokenizing is never timed). The accuracy embeds one sentence per
+call, so a sentence's embedding does not depend on which others share its batch (dynamic int8
+quantizes each activation tensor with one scale, padding included).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import numpy as np
+
+from .events import Event, metric
+from .measure import contention_metric, save_atomically
+from .sensors import PowerSampler
+from .timing import CpuContention, StopRule
+
+PAD_ID = 0  # padded positions are masked out, so the id there only has to exist in the vocabulary
+
+
+class EncoderBackend(Protocol):
+    def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, int]: ...
+
+
+def pad_batch(sentences: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, attention_mask), right-padded to the longest sentence."""
+    length = max(len(ids) for ids in sentences)
+    input_ids = np.full((len(sentences), length), PAD_ID, dtype=np.int64)
+    mask = np.zeros((len(sentences), length), dtype=np.int64)
+    for row, ids in enumerate(sentences):
+        input_ids[row, : len(ids)] = ids
+        mask[row, : len(ids)] = 1
+    return input_ids, mask
+
+
+def latency(backend: EncoderBackend, job: dict[str, Any], sensor: Any = None) -> Iterator[Event]:
+    """One call embedding the job's batch, repeated under the prefill stopping rule."""
+    input_ids, mask = pad_batch(job["sentences"])
+    for _ in range(job["warmup"]):
+        backend.embed(input_ids, mask)
+    rule, run_ms = StopRule.from_job(job), []
+    sampler = PowerSampler(sensor) if sensor is not None else contextlib.nullcontext()
+    started = time.monotonic()
+    with CpuContention() as contention, sampler:
+        while (why := rule.verdict(run_ms, time.monotonic() - started)) is None:
+            run_ms.append(backend.embed(input_ids, mask)[1] / 1e6)
+    median_ms = float(np.median(run_ms))
+    shape = f"batch of {input_ids.shape[0]} sentences padded to {input_ids.shape[1]} tokens"
+    yield metric("embed_ms", median_ms, "ms", run_ms, note=f"{shape}; stopped at n={len(run_ms)}: {why}")
+    yield metric("sentences_per_s", input_ids.shape[0] / (median_ms / 1e3), "sent/s")
+    yield contention_metric("embed_contention", contention.share)
+    if sensor is not None:
+        summary = sampler.summary(sampler.elapsed_s, len(run_ms))
+        how = f"while embedding; {summary['method']}, {len(summary['samples'])} samples"
+        yield metric("power_w", summary["avg_w"], "W", [w for _, w in summary["samples"]] or None, note=how)
+        yield metric("power_peak_w", summary["peak_w"], "W", note="while embedding")
+
+
+def similarity(backend: EncoderBackend, job: dict[str, Any]) -> Iterator[Event]:
+    """Spearman of pair similarities with the gold scores; against the reference's embeddings,
+    per-sentence cosine and the Spearman of the two sets of pair similarities."""
+    embeddings = np.concatenate([backend.embed(*pad_batch([ids]))[0] for ids in job["sentences"]]).astype(np.float32)
+    pairs = np.asarray(job["pairs"], dtype=np.int64)
+    scores = pair_similarities(embeddings, pairs)
+    if job.get("gold"):
+        yield metric("gold_spearman", spearman(scores, np.asarray(job["gold"], dtype=np.float64)), "",
+                     note=f"{len(pairs)} pairs")
+    if job.get("save_embeddings"):
+        save_atomically(job["save_embeddings"], embeddings)
+    if not job.get("reference_embeddings"):
+        return
+    reference = np.asarray(np.load(job["reference_embeddings"]), dtype=np.float32)
+    if reference.shape != embeddings.shape:
+        raise ValueError(f"reference embeddings have shape {reference.shape}, this variant {embeddings.shape}")
+    cosines = row_cosines(embeddings, reference)
+    yield metric("cosine_mean", float(cosines.mean()), "", note=f"{len(cosines)} sentences")
+    yield metric("cosine_min", float(cosines.min()), "")
+    yield metric("rank_spearman", spearman(scores, pair_similarities(reference, pairs)), "")
+
+
+def row_cosines(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of ``first`` with the same row of ``second``."""
+    a, b = first.astype(np.float64), second.astype(np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return (a * b).sum(axis=1) / np.maximum(norms, 1e-30)
+
+
+def pair_similarities(embeddings: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    return row_cosines(embeddings[pairs[:, 0]], embeddings[pairs[:, 1]])
+
+
+def spearman(first: np.ndarray, second: np.ndarray) -> float:
+    """Spearman's rho: the Pearson correlation of the ranks, ties given their average rank.
+
+    NaN when either side is constant (no ranking to agree with).
+    """
+    a, b = average_ranks(np.asarray(first, dtype=np.float64)), average_ranks(np.asarray(second, dtype=np.float64))
+    a, b = a - a.mean(), b - b.mean()
+    denominator = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / denominator) if denominator > 0 else float("nan")
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks from 1; equal values share the mean of the ranks they span."""
+    order = np.argsort(values, kind="mergesort")
+    _, first_index, counts = np.unique(values[order], return_index=True, return_counts=True)
+    ranks = np.empty(len(values), dtype=np.float64)
+    ranks[order] = np.repeat(first_index + (counts + 1) / 2.0, counts)
+    return ranks
