@@ -35,6 +35,7 @@ class VariantSpec:
     recipe: str
     params: dict[str, Any] = field(default_factory=dict)
     thresholds: dict[str, tuple[Threshold, ...]] = field(default_factory=dict)
+    parent: str | None = None  # another variant of the suite to build on, instead of the recipe's PARENT
 
 
 @dataclass(frozen=True)
@@ -166,16 +167,42 @@ def _variants(fields: Fields, recipes: dict[str, Any]) -> tuple[VariantSpec, ...
             if key not in recipes[recipe].DEFAULTS:
                 known = ", ".join(recipes[recipe].DEFAULTS) or "none"
                 raise ConfigError(fields.path, f"{entry.name('params')}.{key}", f"recipe {recipe} has no such parameter; it takes: {known}")
+        for key in getattr(recipes[recipe], "PATH_PARAMS", ()):
+            if params.get(key) is not None:
+                contained_path(fields.path, f"{entry.name('params')}.{key}", params[key])
         specs.append(VariantSpec(
             name=name,
             recipe=recipe,
             params=params,
             thresholds=parse_thresholds(fields.path, entry.name("thresholds"), entry.get("thresholds", dict, {})),
+            parent=entry.get("parent", str, None),
         ))
         entry.finish()
     if not specs:
         raise ConfigError(fields.path, fields.prefix, "declares no variant")
+    _check_parents(fields, specs, recipes)
     return tuple(specs)
+
+
+def _check_parents(fields: Fields, specs: list[VariantSpec], recipes: dict[str, Any]) -> None:
+    """A ``parent:`` names another variant, of a recipe that takes a parent, without a cycle."""
+    by_name = {spec.name: spec for spec in specs}
+    for spec in specs:
+        where = f"{fields.name(spec.name)}.parent"
+        if spec.parent is not None and (spec.parent not in by_name or spec.parent == spec.name):
+            raise ConfigError(fields.path, where, f"names no other variant of this suite: {spec.parent!r}")
+        if spec.parent is not None and recipes[spec.recipe].PARENT is None:
+            raise ConfigError(fields.path, where, f"recipe {spec.recipe} builds from the base model and takes no parent")
+    for spec in specs:
+        if spec.parent is None:
+            continue
+        where = f"{fields.name(spec.name)}.parent"
+        seen, step = {spec.name}, by_name[spec.parent]
+        while step.parent is not None:
+            if step.parent in seen:
+                raise ConfigError(fields.path, where, f"parents form a cycle through {step.parent!r}")
+            seen.add(step.name)
+            step = by_name[step.parent]
 
 
 def _base_model(fields: Fields) -> BaseModelSpec:
@@ -197,11 +224,17 @@ def _base_model(fields: Fields) -> BaseModelSpec:
 
 def _contained_path(fields: Fields, key: str) -> Path:
     """A path relative to the suite's folder that must not escape it."""
-    raw = fields.get(key, str)
-    folder = fields.path.parent.resolve()
+    return contained_path(fields.path, fields.name(key), fields.get(key, str))
+
+
+def contained_path(suite_file: Path, field_name: str, raw: Any) -> Path:
+    """``raw`` resolved against ``suite_file``'s folder; ConfigError if it is not a string or escapes it."""
+    if not isinstance(raw, str) or not raw:
+        raise ConfigError(suite_file, field_name, f"expected a path relative to the suite file, got {raw!r}")
+    folder = suite_file.parent.resolve()
     resolved = (folder / raw).resolve()
     if Path(raw).is_absolute() or not resolved.is_relative_to(folder):
-        raise ConfigError(fields.path, fields.name(key), f"{raw!r} escapes the suite's folder {folder}")
+        raise ConfigError(suite_file, field_name, f"{raw!r} escapes the suite's folder {folder}")
     return resolved
 
 

@@ -50,6 +50,16 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def path_sha256(path: Path) -> str:
+    """sha256 of a file, or of a folder's files (names relative to it, and contents)."""
+    if path.is_file():
+        return file_sha256(path)
+    digest = hashlib.sha256()
+    for item in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(item.relative_to(path).as_posix().encode() + b"\0" + file_sha256(item).encode())
+    return digest.hexdigest()
+
+
 def read_manifest(folder: Path) -> dict[str, Any] | None:
     """The manifest of a finished artifact, or None when there is none (or it is unreadable)."""
     try:

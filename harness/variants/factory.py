@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import BuildError
-from ..suites import Suite, VariantSpec
+from ..errors import BuildError, ConfigError
+from ..suites import Suite, VariantSpec, contained_path
 from . import base_models, cache
 from .recipes import RECIPES
 from .recipes._context import MODEL_FILE, TOKENIZER_FILE, BuildContext
@@ -44,7 +44,9 @@ class VariantFactory:
         self._built: dict[str, Artifact] = {}
 
     def artifact(self, variant: VariantSpec) -> Artifact:
-        return self._artifact(variant.recipe, variant.params)
+        """The variant's artifact; a ``parent:`` variant is built first and replaces the recipe's PARENT."""
+        parent = self.artifact(self.suite.variant(variant.parent)) if variant.parent else None
+        return self._artifact(variant.recipe, variant.params, parent, f"variants.{variant.name}.params")
 
     def _base_model(self) -> tuple[base_models.BaseModel, str]:
         if self._base is None:
@@ -52,14 +54,18 @@ class VariantFactory:
             self._base = (base, base.content_hash())
         return self._base
 
-    def _artifact(self, recipe_name: str, given: dict[str, Any]) -> Artifact:
+    def _artifact(self, recipe_name: str, given: dict[str, Any], parent_override: Artifact | None = None,
+                  params_field: str = "params") -> Artifact:
         recipe = RECIPES[recipe_name]
         unknown = set(given) - set(recipe.DEFAULTS)
         if unknown:
             raise BuildError(f"recipe {recipe_name!r} has no parameter {sorted(unknown)[0]!r}; it takes {', '.join(recipe.DEFAULTS) or 'none'}")
         params = {**recipe.DEFAULTS, **given}
-        parent = self._artifact(recipe.PARENT, {}) if recipe.PARENT else None
+        if parent_override is not None and recipe.PARENT is None:
+            raise BuildError(f"recipe {recipe_name!r} builds from the base model and takes no parent")
+        parent = parent_override or (self._artifact(recipe.PARENT, {}) if recipe.PARENT else None)
         base, base_hash = self._base_model()
+        files = self._param_files(recipe, params, params_field)
         inputs = {
             "recipe": recipe_name,
             "params": params,
@@ -67,22 +73,40 @@ class VariantFactory:
             "base_model": base_hash,
             "tools": cache.tool_versions(recipe.TOOLS),
             "code": cache.code_hash(recipe, *getattr(recipe, "USES", ())),
+            **({"param_files": {name: digest for name, (_, digest) in files.items()}} if files else {}),
         }
         key = cache.cache_key(inputs)
         if key in self._built:
             return self._built[key]
         folder = self.cache_root / "variants" / f"{recipe_name}-{key[:16]}"
-        manifest = cache.build_once(folder, lambda out: self._run_recipe(recipe, base, parent, out, params, inputs))
+        paths = {name: path for name, (path, _) in files.items()}
+        source = (self.suite.path, params_field, paths)
+        manifest = cache.build_once(folder, lambda out: self._run_recipe(recipe, base, parent, out, params, inputs, source))
         artifact = Artifact(recipe_name, key, folder, manifest)
         self._built[key] = artifact
         return artifact
 
+    def _param_files(self, recipe: Any, params: dict[str, Any], params_field: str) -> dict[str, tuple[Path, str]]:
+        """(resolved path, content hash) of each parameter naming a file relative to the suite file."""
+        files = {}
+        for name in getattr(recipe, "PATH_PARAMS", ()):
+            if params.get(name) is None:
+                continue
+            path = contained_path(self.suite.path, f"{params_field}.{name}", params[name])
+            if not path.exists():
+                raise ConfigError(self.suite.path, f"{params_field}.{name}", f"{params[name]!r} does not exist ({path})")
+            files[name] = (path, cache.path_sha256(path))
+        return files
+
     def _run_recipe(self, recipe: Any, base: base_models.BaseModel, parent: Artifact | None, out: Path,
-                    params: dict[str, Any], inputs: dict[str, Any]) -> dict[str, Any]:
+                    params: dict[str, Any], inputs: dict[str, Any],
+                    source: tuple[Path, str, dict[str, Path]]) -> dict[str, Any]:
         self.log(f"building {recipe.NAME} {params}")
         started = time.perf_counter()
+        suite_file, params_field, paths = source
         context = BuildContext(base, parent.folder if parent else None, out, params,
-                               lambda line: self.log(f"  {recipe.NAME}: {line}"))
+                               lambda line: self.log(f"  {recipe.NAME}: {line}"),
+                               suite_file=suite_file, params_field=params_field, paths=paths)
         try:
             facts = recipe.build(context)
         except ImportError as exc:
