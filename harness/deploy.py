@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
-from .errors import DeployError
+from .errors import DeployError, TransportError
 from .variants.cache import file_sha256
 
 VERIFY_TIMEOUT_S = 600.0
+_checked: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> sha256, so a run hashes each file once
 
 
 class FileTransport(Protocol):
@@ -57,15 +58,45 @@ def deploy_tree(transport: FileTransport, files: Mapping[str, Path], kind: str,
     target = transport.device_path(kind, tree_digest(known)[:32])
     if _verified(transport, target, known):
         return DeployResult(target, 0, 0, True, 0)
+    if hashes:
+        check_local_files(files, known)  # a damaged local copy would fail every attempt on the device
     sent = 0
     for attempt in range(1, attempts + 1):
         scratch = f"{target}.tmp-{secrets.token_hex(4)}"
-        sent += _upload(transport, files, scratch)
+        try:
+            sent += _upload(transport, files, scratch)
+        except TransportError as exc:  # a full disk, a dropped link: retrying the same bytes will not help
+            _remove(transport, scratch)
+            raise DeployError(f"upload to {target} failed, partial upload removed: {exc}") from None
         if _verified(transport, scratch, known):
             _publish(transport, scratch, target)
             return DeployResult(target, sent, len(files), False, attempt)
-        transport.run(["rm", "-rf", "--", scratch])
-    raise DeployError(f"upload to {target} failed verification {attempts} times (sha256 mismatch on the device)")
+        _remove(transport, scratch)
+    raise DeployError(f"upload to {target} failed verification {attempts} times (the sha256 computed on the "
+                      f"device differs from the file sent: the device's storage or the link damages data)")
+
+
+def check_local_files(files: Mapping[str, Path], hashes: Mapping[str, str]) -> None:
+    """Every local file must still hash to what its manifest recorded; DeployError names the first that does not."""
+    for name, path in files.items():
+        try:
+            stat = path.stat()
+            memo = (str(path), stat.st_size, stat.st_mtime_ns)
+            digest = _checked.get(memo) or file_sha256(path)
+        except OSError as exc:
+            raise DeployError(f"cannot read {path}: {exc.strerror or exc}") from None
+        if digest != hashes[name]:
+            raise DeployError(f"{path} is damaged: its sha256 is {digest[:12]}..., its manifest says "
+                              f"{hashes[name][:12]}...; delete {path.parent} to have it built again")
+        _checked[memo] = digest
+
+
+def _remove(transport: FileTransport, folder: str) -> None:
+    """Best effort: a device that just failed may not answer this either."""
+    try:
+        transport.run(["rm", "-rf", "--", folder])
+    except TransportError:
+        pass
 
 
 def _check_names(hashes: Mapping[str, str]) -> None:

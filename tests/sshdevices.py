@@ -34,7 +34,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -121,6 +121,7 @@ class _DeviceState:
     config: Path | None = None
     process: subprocess.Popen[bytes] | None = None
     device: SshDevice | None = None
+    mounts: list[Path] = field(default_factory=list)  # small disks, unmounted before the user goes
 
 
 class SshDeviceFarm:
@@ -304,6 +305,33 @@ class SshDeviceFarm:
         """Set the root-side veth up again; the kernel restores the connected route."""
         _run(["ip", "link", "set", self._host_veth(name), "up"])
 
+    def kill_device(self, name: str) -> None:
+        """SIGKILL sshd, every session and whatever they run, like a board losing power;
+        ``start_sshd`` brings the device back."""
+        state = self._state(name)
+        if state.process is not None:
+            _stop_tree(state.process)
+            state.process = None
+        if state.user:
+            _kill_device_processes(state.netns, state.cgroup, state.user)
+
+    def small_disk(self, name: str, folder: str, size_kb: int) -> Path:
+        """Mount a ``size_kb`` tmpfs at ``<home>/<folder>``, owned by the device user: a disk
+        that fills up (namespaced mode only). Unmounted when the device is removed."""
+        state = self._state(name)
+        if not state.user:
+            raise DeviceLimitUnsupported("a small disk needs namespaced mode (root)")
+        entry = pwd.getpwnam(state.user)
+        path = Path(entry.pw_dir)
+        for part in Path(folder).parts:
+            path = path / part
+            path.mkdir(exist_ok=True)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+        options = f"size={int(size_kb)}k,uid={entry.pw_uid},gid={entry.pw_gid},mode=0755"
+        _run(["mount", "-t", "tmpfs", "-o", options, f"edgegate-{state.user}", str(path)])
+        state.mounts.append(path)
+        return path
+
     def _state(self, name: str) -> _DeviceState:
         if name not in self._devices:
             raise KeyError(f"no device {name!r} in this farm")
@@ -336,6 +364,7 @@ class SshDeviceFarm:
         if state.process is not None:
             steps.append(("stop sshd", partial(_stop_tree, state.process)))
         steps.append(("kill sessions", partial(_kill_device_processes, state.netns, state.cgroup, state.user)))
+        steps += [(f"unmount {path}", partial(_unmount, path)) for path in reversed(state.mounts)]
         if state.subnet:
             steps.append(("delete guard route", partial(_delete_route, state.subnet)))
         if state.host_veth:
@@ -810,6 +839,7 @@ def remove_leftovers(prefix: str) -> None:
     steps += [(f"delete netns {n}", partial(_delete_netns, n)) for n in found["netns"]]
     steps += [(f"delete link {link}", partial(_delete_link, link)) for link in found["links"]]
     steps.append(("delete orphaned guard routes", _delete_orphaned_routes))  # includes those just orphaned
+    steps += [(f"unmount {m}", partial(_unmount, Path(m))) for u in found["users"] for m in _mounts_under(Path("/home") / u)]
     steps += [(f"delete user {u}", partial(_delete_user, u)) for u in found["users"]]
     _run_steps(steps, "could not remove leftovers")
 
@@ -817,3 +847,17 @@ def remove_leftovers(prefix: str) -> None:
 def _delete_orphaned_routes() -> None:
     for subnet in _guard_routes():
         _delete_route(subnet)
+
+
+def _mounts_under(folder: Path) -> list[str]:
+    """Mount points at or below ``folder``, deepest first."""
+    with contextlib.suppress(OSError):
+        points = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+        inside = [p for p in points if p == str(folder) or p.startswith(f"{folder}/")]
+        return sorted(inside, key=len, reverse=True)
+    return []
+
+
+def _unmount(path: Path) -> None:
+    if str(path) in {line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()}:
+        _run(["umount", "-l", str(path)])

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import signal
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -48,3 +50,57 @@ def parse_events(lines: Iterable[str | bytes]) -> Iterator[dict[str, Any]]:
             yield json.loads(line)
         except ValueError:
             yield {"event": "log", "line": line}
+
+
+_SIGNAL_HINTS = {
+    signal.SIGKILL: "; on a device this is most often the out-of-memory killer (`dmesg` there says so)",
+    signal.SIGSEGV: ": it crashed (a segmentation fault in the runtime or a native library)",
+    signal.SIGBUS: ": it crashed (a bus error, e.g. a model file truncated while mapped)",
+    signal.SIGABRT: ": it aborted (a failed assertion in the runtime or a native library)",
+}
+
+
+def describe_end(code: int | None, signum: int | None = None) -> str:
+    """How a runner process ended, in words: its exit code, or the signal that killed it."""
+    if signum:
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        return f"was killed by {name}{_SIGNAL_HINTS.get(signum, '')}"  # type: ignore[call-overload]
+    return f"exited with {code}"
+
+
+class Watchdog:
+    """Calls ``action`` once when ``restart`` has not been called for ``timeout_s``."""
+
+    def __init__(self, timeout_s: float, action: Callable[[], object]) -> None:
+        self.timeout_s = timeout_s
+        self.action = action
+        self.fired = False
+        self._stopped = False
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self.restart()
+
+    def restart(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            if not self.fired:
+                self._timer = threading.Timer(self.timeout_s, self._fire)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            if self._timer is not None:
+                self._timer.cancel()
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._stopped or self.fired:
+                return
+            self.fired = True
+        self.action()

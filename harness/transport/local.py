@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import RunnerError, TransportError
 from ..profiles import DeviceProfile
-from .base import CommandResult, parse_events
+from .base import CommandResult, Watchdog, describe_end, parse_events
 
 RUNNER_MODULE = "edgegate.runner"
 
@@ -48,17 +48,22 @@ class LocalTransport:
         """The runner is this installation's own package: nothing to deploy."""
 
     def stage(self, folder: Path, hashes: Mapping[str, str]) -> str:
+        """The artifact is used where it is, once its files are checked against their manifest."""
+        from ..deploy import check_local_files
+
+        check_local_files({name: folder / name for name in hashes}, hashes)
         return str(folder)
 
     def run_job(self, job: dict[str, Any], timeout_s: float) -> Iterator[dict[str, Any]]:
-        """Start the runner, feed it ``job``, yield each event; a crash raises RunnerError."""
+        """Start the runner, feed it ``job``, yield each event; a crash raises RunnerError.
+
+        ``timeout_s`` is the longest the runner may stay silent: each event restarts the clock.
+        """
         process = subprocess.Popen(
             [self.python_path, "-m", RUNNER_MODULE],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
-        timed_out = threading.Event()
-        timer = threading.Timer(timeout_s, lambda: (timed_out.set(), process.kill()))
-        timer.start()
+        watchdog = Watchdog(timeout_s, process.kill)
         stderr_lines: list[str] = []
         reader = threading.Thread(target=lambda: stderr_lines.extend(process.stderr), daemon=True)  # type: ignore[arg-type]
         reader.start()
@@ -66,17 +71,23 @@ class LocalTransport:
             assert process.stdin is not None and process.stdout is not None
             process.stdin.write(json.dumps(job))
             process.stdin.close()
-            yield from parse_events(process.stdout)
+            for event in parse_events(process.stdout):
+                watchdog.restart()
+                yield event
             code = process.wait()
         finally:
-            timer.cancel()
+            watchdog.stop()
             if process.poll() is None:
                 process.kill()
                 process.wait()
         reader.join(timeout=5)
+        if watchdog.fired:
+            raise RunnerError(f"runner on {self.profile.name} sent nothing for {timeout_s:.0f} s "
+                              f"(measurement_timeout_s) and was stopped", stderr="".join(stderr_lines))
         if code != 0:
-            why = f"timed out after {timeout_s:.0f} s" if timed_out.is_set() else f"exited with {code}"
+            why = describe_end(code, -code if code < 0 else None)
             raise RunnerError(f"runner on {self.profile.name} {why}", stderr="".join(stderr_lines))
 
     def close(self) -> None:
         pass
+

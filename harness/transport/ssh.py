@@ -13,15 +13,15 @@ import os
 import shlex
 import socket
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import paramiko
 
-from ..errors import DeviceUnreachable, HostKeyError, RunnerError, TransportError
+from ..errors import ConfigError, DeviceUnreachable, HostKeyError, RunnerError, TransportError
 from ..profiles import DeviceProfile, SshSettings
-from .base import CommandResult, parse_events
+from .base import CommandResult, Watchdog, describe_end, parse_events
 
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
 WINDOW_SIZE = 64 * 1024 * 1024
@@ -35,13 +35,13 @@ class SshTransport:
     """One device over SSH. Reconnects with backoff when the connection has dropped."""
 
     def __init__(self, profile: DeviceProfile, accept_new_host_key: bool = False,
-                 connect_attempts: int = 3, command_timeout_s: float = 120.0) -> None:
+                 connect_attempts: int = 3, command_timeout_s: float | None = None) -> None:
         assert profile.ssh is not None
         self.profile = profile
         self.ssh: SshSettings = profile.ssh
         self.accept_new_host_key = accept_new_host_key
         self.connect_attempts = connect_attempts
-        self.command_timeout_s = command_timeout_s
+        self.command_timeout_s = command_timeout_s or self.ssh.command_timeout_s
         self._transport: paramiko.Transport | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._home: str | None = None
@@ -59,8 +59,11 @@ class SshTransport:
             try:
                 self._transport = self._open()
                 return self._transport
-            except (HostKeyError, paramiko.AuthenticationException):
+            except (HostKeyError, ConfigError):
                 raise
+            except paramiko.AuthenticationException as exc:
+                raise TransportError(f"device {self.profile.name}: {self._address()} refused the login: "
+                                     f"{_describe(exc)}") from None
             except (OSError, paramiko.SSHException, EOFError) as exc:
                 last_error = exc
                 if attempt + 1 < self.connect_attempts:
@@ -80,6 +83,8 @@ class SshTransport:
             options.ciphers = [c for c in PREFERRED_CIPHERS if c in options.ciphers] + \
                 [c for c in options.ciphers if c not in PREFERRED_CIPHERS]
             transport.banner_timeout = self.ssh.connect_timeout_s
+            transport.handshake_timeout = self.ssh.connect_timeout_s
+            transport.auth_timeout = self.ssh.connect_timeout_s
             transport.start_client(timeout=self.ssh.connect_timeout_s)
             self._verify_host_key(transport.get_remote_server_key())
             self._authenticate(transport)
@@ -92,8 +97,11 @@ class SshTransport:
     def _verify_host_key(self, key: paramiko.PKey) -> None:
         known_hosts = self._known_hosts_file()
         host_keys = paramiko.HostKeys()
-        if known_hosts.exists():
-            host_keys.load(str(known_hosts))
+        try:
+            if known_hosts.exists():
+                host_keys.load(str(known_hosts))
+        except (OSError, paramiko.SSHException, ValueError) as exc:
+            raise self._config_error("ssh.known_hosts", f"cannot read {known_hosts}: {_describe(exc)}") from None
         entry = self._host_entry()
         known = host_keys.lookup(entry) or {}
         fingerprint = f"{key.get_name()} {key.fingerprint}"
@@ -112,13 +120,20 @@ class SshTransport:
                 f"{self.profile.name} --accept-new-host-key`)."
             )
         host_keys.add(entry, key.get_name(), key)
-        known_hosts.parent.mkdir(parents=True, exist_ok=True)
-        host_keys.save(str(known_hosts))
+        try:
+            known_hosts.parent.mkdir(parents=True, exist_ok=True)
+            host_keys.save(str(known_hosts))
+        except OSError as exc:
+            raise self._config_error("ssh.known_hosts", f"cannot record the new host key in {known_hosts}: "
+                                                        f"{exc.strerror or exc}") from None
 
     def _authenticate(self, transport: paramiko.Transport) -> None:
         user = self.ssh.user
         if self.ssh.key_file:
-            key = _load_private_key(Path(os.path.expanduser(self.ssh.key_file)))
+            try:
+                key = _load_private_key(Path(os.path.expanduser(self.ssh.key_file)))
+            except ValueError as exc:
+                raise self._config_error("ssh.key_file", str(exc)) from None
             transport.auth_publickey(user, key)
             return
         for agent_key in paramiko.Agent().get_keys():
@@ -130,6 +145,9 @@ class SshTransport:
         raise paramiko.AuthenticationException(
             f"device {self.profile.name}: no key_file in the profile and no SSH agent key was accepted for {user}"
         )
+
+    def _config_error(self, field: str, problem: str) -> ConfigError:
+        return ConfigError(self.profile.path, field, problem)
 
     def _known_hosts_file(self) -> Path:
         return Path(os.path.expanduser(self.ssh.known_hosts or "~/.ssh/known_hosts"))
@@ -157,8 +175,9 @@ class SshTransport:
                 channel.sendall(stdin)
             channel.shutdown_write()
             stdout, stderr = _drain(channel)
-            status = channel.recv_exit_status()
+            status = _exit_status(channel, timeout_s or self.command_timeout_s)
         except socket.timeout:
+            self._drop()  # the device or its link may be gone: the next command reconnects
             raise TransportError(f"device {self.profile.name}: `{command[:120]}` timed out after "
                                  f"{timeout_s or self.command_timeout_s:.0f} s") from None
         finally:
@@ -179,11 +198,16 @@ class SshTransport:
         return channel
 
     def run_job(self, job: dict[str, Any], timeout_s: float) -> Iterator[dict[str, Any]]:
-        """Run the deployed runner with ``job`` on stdin; yield its JSON-lines events as they come."""
+        """Run the deployed runner with ``job`` on stdin; yield its JSON-lines events as they come.
+
+        ``timeout_s`` is the longest the runner may stay silent (each measurement reports when it
+        ends). The shell stays between sshd and python so that a runner killed by a signal comes
+        back as status 128+N (SSH itself carries no signal paramiko reads).
+        """
         if self.runner_dir is None:
             raise TransportError(f"device {self.profile.name}: the runner is not deployed")
         python = self.python()
-        command = f"cd {shlex.quote(self.runner_dir)} && exec {shlex.quote(python)} -m {RUNNER_PACKAGE}"
+        command = f"cd {shlex.quote(self.runner_dir)} && {shlex.quote(python)} -m {RUNNER_PACKAGE}; exit $?"
         channel = self._session(timeout_s)
         try:
             channel.exec_command(command)
@@ -191,21 +215,29 @@ class SshTransport:
             channel.shutdown_write()
             yield from parse_events(channel.makefile("rb"))
             stderr = _read_all(channel.makefile_stderr("rb"))
-            status = channel.recv_exit_status()
+            status = _exit_status(channel, timeout_s)
         except socket.timeout:
-            raise RunnerError(f"runner on {self.profile.name} sent nothing for {timeout_s:.0f} s") from None
+            self._drop()  # a device silent this long: do not reuse the connection
+            raise RunnerError(f"runner on {self.profile.name} sent nothing for {timeout_s:.0f} s "
+                              f"(measurement_timeout_s): the device or its link stopped answering") from None
         except (paramiko.SSHException, EOFError, OSError) as exc:
             self._drop()
             raise RunnerError(f"connection to {self.profile.name} lost during the measurement: {_describe(exc)}") from None
         finally:
             channel.close()
+        if status == -1:
+            self._drop()
+            raise RunnerError(f"connection to {self.profile.name} closed before the runner finished (sshd or "
+                              f"the link went away)", stderr=stderr.decode(errors="replace"))
         if status != 0:
-            raise RunnerError(f"runner on {self.profile.name} exited with {status}", stderr=stderr.decode(errors="replace"))
+            signum = status - 128 if 128 < status < 160 else None
+            raise RunnerError(f"runner on {self.profile.name} {describe_end(status, signum)}",
+                              stderr=stderr.decode(errors="replace"))
 
     def python(self) -> str:
         """The runner's interpreter: the venv ``devices setup`` made, else the profile's python."""
         venv_python = self.device_path("venv", "bin", "python")
-        found = self.run(["test", "-x", venv_python], timeout_s=30)
+        found = self.run(["test", "-x", venv_python])
         return venv_python if found.exit_status == 0 else self.base_python()
 
     def base_python(self) -> str:
@@ -227,20 +259,24 @@ class SshTransport:
         (measured side by side: 112-125 vs 76-96 MB/s), and a failing write (disk full) comes
         back as cat's exit status and message.
         """
-        channel = self._session(self.command_timeout_s)
+        stall_s = self.ssh.upload_timeout_s
+        channel = self._session(stall_s)
+        # A write blocked on a dead link never times out in paramiko: closing the connection ends it.
+        watchdog = Watchdog(stall_s, self._drop)
+        status, stderr, stalled = -1, "", False
         try:
-            channel.exec_command(f"cat > {shlex.quote(remote)}")
-            with local.open("rb") as source:
-                for block in iter(lambda: source.read(UPLOAD_CHUNK), b""):
-                    channel.sendall(block)
-            channel.shutdown_write()
+            stalled = not _send_file(channel, local, remote, watchdog.restart)
+            if not stalled and not watchdog.fired:
+                status, stderr = _finish(channel, stall_s)
         except socket.timeout:
+            stalled = True
+        finally:
+            watchdog.stop()
             channel.close()
-            raise TransportError(f"device {self.profile.name}: upload of {remote} stalled "
-                                 f"for {self.command_timeout_s:.0f} s") from None
-        except (OSError, EOFError, paramiko.SSHException):
-            pass  # the remote end stopped reading: its exit status says why
-        status, stderr = _finish(channel)
+        if stalled or watchdog.fired:
+            self._drop()
+            raise TransportError(f"device {self.profile.name}: upload of {remote} made no progress for "
+                                 f"{stall_s:.0f} s (upload_timeout_s): the device or its link stopped answering")
         if status != 0:
             raise TransportError(f"device {self.profile.name}: writing {remote} failed (exit {status}): "
                                  f"{stderr.strip()[-300:] or 'connection closed'}")
@@ -290,17 +326,30 @@ class SshTransport:
 
 
 def _load_private_key(path: Path) -> paramiko.PKey:
+    """The key in ``path``; ValueError saying what is wrong with it (never the passphrase)."""
     passphrase = os.environ.get(PASSPHRASE_ENV)
     try:
         return paramiko.PKey.from_path(path, passphrase.encode() if passphrase else None)
     except FileNotFoundError:
-        raise TransportError(f"SSH key file {path} does not exist") from None
+        raise ValueError(f"{path} does not exist") from None
     except PermissionError:
-        raise TransportError(f"SSH key file {path} is not readable by this user") from None
+        raise ValueError(f"{path} is not readable by this user") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a folder; name the private key file") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
     except paramiko.PasswordRequiredException:
-        raise TransportError(f"SSH key file {path} is encrypted: set {PASSPHRASE_ENV}") from None
-    except (paramiko.SSHException, ValueError) as exc:
-        raise TransportError(f"SSH key file {path} cannot be used: {exc}") from None
+        raise ValueError(f"{path} is encrypted: set {PASSPHRASE_ENV}") from None
+    except (paramiko.SSHException, ValueError, TypeError) as exc:
+        wrong = f" (is {PASSPHRASE_ENV} right?)" if passphrase else ""
+        raise ValueError(f"{path} is not a usable private key{wrong}: {_describe(exc)}") from None
+
+
+def _exit_status(channel: paramiko.Channel, timeout_s: float) -> int:
+    """The command's exit status, -1 when the channel closed without one; socket.timeout if none comes."""
+    if not channel.status_event.wait(timeout_s):
+        raise socket.timeout()
+    return int(channel.exit_status)
 
 
 def _drain(channel: paramiko.Channel) -> tuple[bytes, bytes]:
@@ -308,14 +357,26 @@ def _drain(channel: paramiko.Channel) -> tuple[bytes, bytes]:
     return channel.makefile("rb").read(), channel.makefile_stderr("rb").read()
 
 
-def _finish(channel: paramiko.Channel) -> tuple[int, str]:
-    """Exit status and stderr of a channel whose command has been fed; closes it."""
+def _send_file(channel: paramiko.Channel, local: Path, remote: str, progress: Callable[[], None]) -> bool:
+    """Stream ``local`` into ``cat > remote``; False if the channel stalled past its timeout."""
     try:
-        status = channel.recv_exit_status()
-        stderr = _read_all(channel.makefile_stderr("rb")).decode(errors="replace")
-    finally:
-        channel.close()
-    return status, stderr
+        channel.exec_command(f"cat > {shlex.quote(remote)}")
+        with local.open("rb") as source:
+            for block in iter(lambda: source.read(UPLOAD_CHUNK), b""):
+                channel.sendall(block)
+                progress()
+        channel.shutdown_write()
+    except socket.timeout:
+        return False
+    except (OSError, EOFError, paramiko.SSHException):
+        pass  # the remote end stopped reading (a full disk), or the connection closed: the status says which
+    return True
+
+
+def _finish(channel: paramiko.Channel, timeout_s: float) -> tuple[int, str]:
+    """Exit status and stderr of a channel whose command has been fed; socket.timeout if no status comes."""
+    status = _exit_status(channel, timeout_s)
+    return status, _read_all(channel.makefile_stderr("rb")).decode(errors="replace")
 
 
 def _read_all(stream: Any) -> bytes:
