@@ -61,6 +61,7 @@ class DeviceProfile:
     tags: tuple[str, ...] = ()
     thresholds: dict[str, tuple[Threshold, ...]] = field(default_factory=dict)
     lease: LeaseSettings = field(default_factory=LeaseSettings)
+    measurement_timeout_s: float = DEFAULT_MEASUREMENT_TIMEOUT_S  # longest the runner may stay silent
 
 
 def load_profile(path: Path) -> DeviceProfile:
@@ -90,6 +91,7 @@ def load_profile(path: Path) -> DeviceProfile:
         tags=fields.string_list("tags", []),
         thresholds=parse_thresholds(path, "thresholds", fields.get("thresholds", dict, {})),
         lease=_lease(fields.sub("lease")),
+        measurement_timeout_s=float(fields.number("measurement_timeout_s", DEFAULT_MEASUREMENT_TIMEOUT_S, minimum=1)),
     )
     fields.finish()
     return profile
