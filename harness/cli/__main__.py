@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import EdgeGateError
-from . import baseline, compare, devices, report
+from . import baseline, compare, devices, report, variants
 
 
 def parser() -> argparse.ArgumentParser:
@@ -16,6 +16,7 @@ def parser() -> argparse.ArgumentParser:
     report.add_parser(subparsers)
     compare.add_parser(subparsers)
     baseline.add_parser(subparsers)
+    variants.add_parser(subparsers)
     return top
 
 

@@ -33,6 +33,17 @@ class Artifact:
         return self.folder / TOKENIZER_FILE
 
 
+@dataclass(frozen=True)
+class _Plan:
+    recipe: Any
+    params: dict[str, Any]
+    inputs: dict[str, Any]
+    key: str
+    folder: Path
+    paths: dict[str, Path]
+    params_field: str
+
+
 class VariantFactory:
     """Builds variants from one suite's base model into ``cache_root``; memoizes within a run."""
 
@@ -54,36 +65,51 @@ class VariantFactory:
             self._base = (base, base.content_hash())
         return self._base
 
-    def _artifact(self, recipe_name: str, given: dict[str, Any], parent_override: Artifact | None = None,
-                  params_field: str = "params") -> Artifact:
+    def planned(self, variant: VariantSpec) -> tuple[str, Path]:
+        """The cache key and folder the variant's artifact has or will have, building nothing."""
+        parent = self.planned(self.suite.variant(variant.parent))[0] if variant.parent else None
+        plan = self._plan(variant.recipe, variant.params, parent, f"variants.{variant.name}.params")
+        return plan.key, plan.folder
+
+    def _plan(self, recipe_name: str, given: dict[str, Any], parent_key: str | None = None,
+              params_field: str = "params") -> _Plan:
+        """What a build takes (recipe, params, parent key, base model, tool versions, code) and its key."""
         recipe = RECIPES[recipe_name]
         unknown = set(given) - set(recipe.DEFAULTS)
         if unknown:
             raise BuildError(f"recipe {recipe_name!r} has no parameter {sorted(unknown)[0]!r}; it takes {', '.join(recipe.DEFAULTS) or 'none'}")
         params = {**recipe.DEFAULTS, **given}
-        if parent_override is not None and recipe.PARENT is None:
+        if parent_key is not None and recipe.PARENT is None:
             raise BuildError(f"recipe {recipe_name!r} builds from the base model and takes no parent")
-        parent = parent_override or (self._artifact(recipe.PARENT, {}) if recipe.PARENT else None)
-        base, base_hash = self._base_model()
+        if parent_key is None and recipe.PARENT:
+            parent_key = self._plan(recipe.PARENT, {}).key
         files = self._param_files(recipe, params, params_field)
         inputs = {
             "recipe": recipe_name,
             "params": params,
-            "parent": parent.key if parent else None,
-            "base_model": base_hash,
+            "parent": parent_key,
+            "base_model": self._base_model()[1],
             "tools": cache.tool_versions(recipe.TOOLS),
             "code": cache.code_hash(recipe, *getattr(recipe, "USES", ())),
             **({"param_files": {name: digest for name, (_, digest) in files.items()}} if files else {}),
         }
         key = cache.cache_key(inputs)
-        if key in self._built:
-            return self._built[key]
         folder = self.cache_root / "variants" / f"{recipe_name}-{key[:16]}"
-        paths = {name: path for name, (path, _) in files.items()}
-        source = (self.suite.path, params_field, paths)
-        manifest = cache.build_once(folder, lambda out: self._run_recipe(recipe, base, parent, out, params, inputs, source))
-        artifact = Artifact(recipe_name, key, folder, manifest)
-        self._built[key] = artifact
+        return _Plan(recipe, params, inputs, key, folder, {name: path for name, (path, _) in files.items()}, params_field)
+
+    def _artifact(self, recipe_name: str, given: dict[str, Any], parent_override: Artifact | None = None,
+                  params_field: str = "params") -> Artifact:
+        plan = self._plan(recipe_name, given, parent_override.key if parent_override else None, params_field)
+        if plan.key in self._built:
+            return self._built[plan.key]
+        recipe = plan.recipe
+        parent = parent_override or (self._artifact(recipe.PARENT, {}) if recipe.PARENT else None)
+        base = self._base_model()[0]
+        source = (self.suite.path, plan.params_field, plan.paths)
+        manifest = cache.build_once(plan.folder, lambda out: self._run_recipe(recipe, base, parent, out, plan.params,
+                                                                               plan.inputs, source))
+        artifact = Artifact(recipe_name, plan.key, plan.folder, manifest)
+        self._built[plan.key] = artifact
         return artifact
 
     def _param_files(self, recipe: Any, params: dict[str, Any], params_field: str) -> dict[str, tuple[Path, str]]:

@@ -157,3 +157,26 @@ def _tensor_bytes(tensor: onnx.TensorProto) -> int:
     if bits is not None:
         return (count * bits + 7) // 8
     return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+
+
+def mlp_down_projections(graph: onnx.ModelProto) -> list[str]:
+    """Names of the gated MLPs' down-projection MatMuls: ``down(act(gate(x)) * up(x))``.
+
+    Found by shape of the graph, not by name: a weight MatMul whose input is a Mul with one
+    operand made directly by another weight MatMul (the up projection).
+    """
+    weights = {init.name for init in graph.graph.initializer}
+    producers = {out: node for node in graph.graph.node for out in node.output}
+
+    def weight_matmul(tensor: str) -> bool:
+        node = producers.get(tensor)
+        return node is not None and node.op_type == "MatMul" and node.input[1] in weights
+
+    names = []
+    for node in graph.graph.node:
+        if node.op_type != "MatMul" or node.input[1] not in weights:
+            continue
+        source = producers.get(node.input[0])
+        if source is not None and source.op_type == "Mul" and any(weight_matmul(t) for t in source.input):
+            names.append(node.name)
+    return names
