@@ -14,7 +14,8 @@ from .metrics import METRICS
 from .regression import DEFAULT_RULES, RegressionRule
 
 SUITE_SCHEMA = 1
-BASE_MODEL_KINDS = ("gguf_package", "gguf_file", "hf_dir")
+BASE_MODEL_KINDS = ("gguf_package", "gguf_file", "hf_dir", "sentence_transformers_package", "sentence_transformers_dir")
+SENTENCE_EMBEDDING_KINDS = ("sentence_transformers_package", "sentence_transformers_dir")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -27,6 +28,12 @@ class BaseModelSpec:
     file: str | None = None
     path: Path | None = None
     note: str = ""
+    folder: str | None = None  # sentence_transformers_package: the model folder inside the package
+
+    @property
+    def task(self) -> str:
+        """``causal_lm`` (measured by prefill, decode, perplexity) or ``sentence_embedding``."""
+        return "sentence_embedding" if self.kind in SENTENCE_EMBEDDING_KINDS else "causal_lm"
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,20 @@ class DecodeSpec:
 
 
 @dataclass(frozen=True)
+class EmbedSpec:
+    """Sentence embedding: ``batch`` sentences of the similarity set per call, padded to the
+    longest, repeated under the same stopping rule as prefill; accuracy embeds the whole set."""
+
+    batch: int = 8
+    max_tokens: int = 128
+    warmup: int = 2
+    min_samples: int = 10
+    max_samples: int = 200
+    max_seconds: float = 20.0
+    target_ci: float = 0.01
+
+
+@dataclass(frozen=True)
 class AccuracySpec:
     windows: int = 2
     window_tokens: int = 256
@@ -81,6 +102,7 @@ class Suite:
     prefill: PrefillSpec = PrefillSpec()
     decode: DecodeSpec = DecodeSpec()
     accuracy: AccuracySpec = AccuracySpec()
+    embed: EmbedSpec = EmbedSpec()
     thresholds: dict[str, tuple[Threshold, ...]] = field(default_factory=dict)
     description: str = ""
     regressions: dict[str, RegressionRule] = field(default_factory=dict)
@@ -114,6 +136,7 @@ def load_suite(path: Path) -> Suite:
         prefill=_spec(measure.sub("prefill"), PrefillSpec),
         decode=_spec(measure.sub("decode"), DecodeSpec),
         accuracy=_spec(measure.sub("accuracy"), AccuracySpec),
+        embed=_spec(measure.sub("embed"), EmbedSpec),
         thresholds=parse_thresholds(path, "thresholds", fields.get("thresholds", dict, {})),
         description=fields.get("description", str, ""),
         regressions=_regressions(fields.sub("regressions")),
@@ -209,13 +232,17 @@ def _base_model(fields: Fields) -> BaseModelSpec:
     kind = fields.get("kind", str)
     if kind not in BASE_MODEL_KINDS:
         raise ConfigError(fields.path, fields.name("kind"), f"must be one of {', '.join(BASE_MODEL_KINDS)}, got {kind!r}")
+    from_package = kind.endswith("_package")
     spec = BaseModelSpec(
         kind=kind,
-        package=fields.get("package", str) if kind == "gguf_package" else None,
+        package=fields.get("package", str) if from_package else None,
         file=fields.get("file", str) if kind.startswith("gguf") else None,
-        path=_contained_path(fields, "path") if kind != "gguf_package" else None,
+        path=_contained_path(fields, "path") if not from_package else None,
         note=fields.get("note", str, ""),
+        folder=fields.get("folder", str) if kind == "sentence_transformers_package" else None,
     )
+    if spec.folder is not None and (Path(spec.folder).is_absolute() or ".." in Path(spec.folder).parts):
+        raise ConfigError(fields.path, fields.name("folder"), f"must be a folder inside the package, got {spec.folder!r}")
     if spec.file is not None and (Path(spec.file).name != spec.file or spec.file in ("", ".", "..")):
         raise ConfigError(fields.path, fields.name("file"), f"must be a plain file name, got {spec.file!r}")
     fields.finish()

@@ -18,8 +18,10 @@ from ..store import HistoryStore
 from . import charts
 
 TEMPLATE = "report.html.j2"
-COLUMNS = ("size_mb", "ttft_ms", "prefill_tok_s", "decode_ms", "decode_tok_s", "roofline_fraction", "peak_rss_mb",
-           "perplexity", "kl_mean", "top1_agreement", "power_w", "energy_per_token_j")
+# The headline columns, LLM and sentence-encoder metrics together; a run's page shows those its results have.
+COLUMNS = ("size_mb", "ttft_ms", "prefill_tok_s", "decode_ms", "decode_tok_s", "embed_ms", "sentences_per_s",
+           "roofline_fraction", "peak_rss_mb", "perplexity", "kl_mean", "top1_agreement", "cosine_mean",
+           "rank_spearman", "power_w", "energy_per_token_j")
 DETAIL_COLUMNS = tuple(name for name in METRICS if name not in COLUMNS)
 TREND_METRICS = ("decode_ms", "perplexity")
 TREND_RUNS = 20  # how many runs of the history the trend charts show
@@ -67,18 +69,20 @@ def run_context(store: HistoryStore, run_id: str) -> dict[str, Any]:
                      if choice and choice.get("run_id") and len(key.split("/", 2)) == 3}
     rows = _rows(results, verdicts, _baseline_values(history, baseline_runs))
     limits = json.loads(run.get("environment") or "{}").get("limits", {})
+    measured = set(results.metric)  # an LLM run shows no encoder columns, and the other way round
     for row in rows:
         key = f"{row['suite']}/{row['device']}/{row['variant']}"
         choice = baselines.get(key)
         row["baseline"] = f"{choice['run_id']} ({choice['reason']})" if choice else "none yet: thresholds only"
         shown = limits.get(key, {})
-        row["cells"] = [replace(c, limit=shown.get(n, "")) for n, c in zip(COLUMNS, row["cells"])]
-        row["detail_cells"] = [replace(c, limit=shown.get(n, "")) for n, c in zip(DETAIL_COLUMNS, row["detail_cells"])]
+        row["cells"] = [replace(c, limit=shown.get(n, "")) for n, c in zip(COLUMNS, row["cells"]) if n in measured]
+        row["detail_cells"] = [replace(c, limit=shown.get(n, "")) for n, c in zip(DETAIL_COLUMNS, row["detail_cells"])
+                               if n in measured]
     return {
         "run": run,
         "environment": environment,
-        "columns": [(name, METRICS[name]) for name in COLUMNS],
-        "detail_columns": [(name, METRICS[name]) for name in DETAIL_COLUMNS],
+        "columns": [(name, METRICS[name]) for name in COLUMNS if name in measured],
+        "detail_columns": [(name, METRICS[name]) for name in DETAIL_COLUMNS if name in measured],
         "rows": rows,
         "warnings": _warnings(results),
         "overall": _overall(rows),
