@@ -11,13 +11,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
-
 from edgegate.errors import ConfigError
 from edgegate.profiles import DeviceProfile
 from edgegate.suites import load_suite
 from edgegate.transport import LocalTransport
 from edgegate.variants.factory import Artifact, VariantFactory
+from onnx import numpy_helper
 
 pytestmark = pytest.mark.slow
 

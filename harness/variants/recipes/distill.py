@@ -23,16 +23,16 @@ import re
 import time
 from typing import Any
 
-from .. import export, graph_passes
 from ...evaldata import EVAL_TOPICS, PROMPT_TOPICS
+from .. import export, graph_passes
 from ._context import TOKENIZER_FILE, BuildContext
 
 NAME = "distill"
 PARENT = None
 TOOLS = ("torch", "transformers", "gguf", "onnx", "onnxscript")
 USES = (export, graph_passes)  # modules whose code shapes the artifact
-DEFAULTS: dict[str, Any] = {"layers": None, "init": "spread", "steps": 30, "temperature": 2.0,
-                            "learning_rate": 1e-4, "seq_len": 128, "batch_size": 4, "seed": 0, "opset": 21}
+DEFAULTS: dict[str, Any] = {"layers": None, "init": "spread", "steps": 20, "temperature": 2.0,
+                            "learning_rate": 1e-4, "seq_len": 64, "batch_size": 2, "seed": 0, "opset": 21}
 INITS = ("spread", "first")
 _LAYER_KEY = re.compile(r"(\.layers\.)(\d+)\.")
 
@@ -64,7 +64,7 @@ def build(ctx: BuildContext) -> dict[str, Any]:
             "student": {"layers": len(picked), "from_teacher_layers": picked, "parameters": student_parameters},
             "parameters_note": "a tied embedding and head counted once (the ONNX export unties the head)",
             **facts, "training_text": "pydoc_data.topics minus the evaluation and prompt sections",
-            "training_tokens": len(ids), "train_seconds": round(train_seconds, 1),
+            "text_tokens": len(ids), "train_seconds": round(train_seconds, 1),
             "export_seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -135,6 +135,7 @@ def distill_loop(ctx: BuildContext, teacher: Any, student: Any, ids: Any) -> dic
             ctx.log(f"step {step + 1}/{steps}: loss {losses[-1]:.4f}")
     student.eval()
     return {"steps": steps, "temperature": temperature, "tokens_seen": steps * batch * seq_len,
+            "held_out_tokens": batch * seq_len,
             "train_loss_first": losses[0], "train_loss_last": losses[-1],
             "train_kl_first": losses[0] / temperature ** 2, "train_kl_last": losses[-1] / temperature ** 2,
             "train_loss_note": "loss = KL(teacher || student) at temperature T times T^2, on that step's batch; "

@@ -126,7 +126,7 @@ def _prune(weights: dict[str, np.ndarray], axes: dict[str, int], params: dict[st
 
 def prune_unstructured(array: np.ndarray, sparsity: float) -> np.ndarray:
     """Zero exactly ``round(sparsity * size)`` of the smallest magnitudes."""
-    count = int(round(sparsity * array.size))
+    count = round(sparsity * array.size)
     flat = array.reshape(-1).copy()
     if count:
         flat[np.argpartition(np.abs(flat), count - 1)[:count]] = 0
@@ -136,7 +136,7 @@ def prune_unstructured(array: np.ndarray, sparsity: float) -> np.ndarray:
 def _global_threshold(arrays: list[np.ndarray], sparsity: float) -> float:
     """The magnitude below which ``sparsity`` of all the weights fall."""
     magnitudes = np.concatenate([np.abs(array).reshape(-1) for array in arrays])
-    count = int(round(sparsity * magnitudes.size))
+    count = round(sparsity * magnitudes.size)
     return float(np.partition(magnitudes, count)[count]) if count < magnitudes.size else np.inf
 
 
