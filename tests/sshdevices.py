@@ -317,10 +317,11 @@ class SshDeviceFarm:
 
     def small_disk(self, name: str, folder: str, size_kb: int) -> Path:
         """Mount a ``size_kb`` tmpfs at ``<home>/<folder>``, owned by the device user: a disk
-        that fills up (namespaced mode only). Unmounted when the device is removed."""
+        that fills up (namespaced mode only). It is mounted in sshd's mount namespace (``ip
+        netns exec`` gives sshd its own), so only the device sees it, until sshd restarts."""
         state = self._state(name)
-        if not state.user:
-            raise DeviceLimitUnsupported("a small disk needs namespaced mode (root)")
+        if not state.user or state.process is None:
+            raise DeviceLimitUnsupported("a small disk needs namespaced mode (root) and a running sshd")
         entry = pwd.getpwnam(state.user)
         path = Path(entry.pw_dir)
         for part in Path(folder).parts:
@@ -328,7 +329,8 @@ class SshDeviceFarm:
             path.mkdir(exist_ok=True)
             os.chown(path, entry.pw_uid, entry.pw_gid)
         options = f"size={int(size_kb)}k,uid={entry.pw_uid},gid={entry.pw_gid},mode=0755"
-        _run(["mount", "-t", "tmpfs", "-o", options, f"edgegate-{state.user}", str(path)])
+        _run(["nsenter", "-t", str(state.process.pid), "-m", "--",
+              "mount", "-t", "tmpfs", "-o", options, f"edgegate-{state.user}", str(path)])
         state.mounts.append(path)
         return path
 
