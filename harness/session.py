@@ -6,6 +6,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -23,7 +24,6 @@ from .transport import Transport, open_transport
 from .variants.factory import Artifact, VariantFactory
 
 RELATIVE_METRICS = ("kl_mean", "kl_max", "top1_agreement")  # defined only against a reference
-JOB_TIMEOUT_S = 3600.0
 SLOWDOWN_ENV = "EDGEGATE_INJECT_SLOWDOWN"  # e.g. 0.10: every timed call sleeps 10% longer; to test the gate
 
 
@@ -197,8 +197,9 @@ class RunSession:
         job["model"] = str(PurePosixPath(transport.stage(artifact.folder, hashes), artifact.model.name))
         self.log(f"measuring {variant.name} on {device.name}")
         result = VariantResult(suite.name, device.name, variant.name)
-        for event in transport.run_job(job, JOB_TIMEOUT_S):
-            self._take(event, result)
+        with closing(transport.run_job(job, device.measurement_timeout_s)) as events:  # Ctrl-C stops the runner too
+            for event in events:
+                self._take(event, result)
         for metric in self._roofline(suite, device, variant, artifact, result):
             result.metrics[metric.name] = metric
             self.store.append_results([self._row(result, metric)])
