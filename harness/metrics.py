@@ -25,6 +25,8 @@ _CATALOG = (
     MetricInfo("prefill_tok_s", "tok/s", "higher", "prompt tokens per second in prefill"),
     MetricInfo("decode_ms", "ms", "lower", "latency of one decode step with KV cache (median)"),
     MetricInfo("decode_tok_s", "tok/s", "higher", "generated tokens per second in decode"),
+    MetricInfo("decode_vs_baseline", "x", "lower",
+               "decode step time over the baseline build's, both measured in alternation in one process (median)"),
     MetricInfo("perplexity", "", "lower", "perplexity on the suite's evaluation text"),
     MetricInfo("kl_mean", "nats", "lower", "mean KL divergence of next-token distributions vs the reference"),
     MetricInfo("kl_max", "nats", "lower", "largest per-position KL divergence vs the reference"),

@@ -83,6 +83,7 @@ DEFAULT_RULES: dict[str, RegressionRule] = {
     rule.metric: rule
     for rule in (
         RegressionRule("decode_ms", 0.05),
+        RegressionRule("decode_vs_baseline", 0.03),
         RegressionRule("prefill_ms", 0.05),
         RegressionRule("ttft_ms", 0.05),
         RegressionRule("peak_rss_mb", 0.10),
@@ -130,6 +131,56 @@ def _compare_samples(rule: RegressionRule, old_s: np.ndarray, new_s: np.ndarray)
     verdict = "regressed" if regressed else (_direction(worse_by) if significant and big else "same")
     return Comparison(rule.metric, old, new, change, worse_by, p, regressed, reason, verdict, rule.max_change,
                       rule.min_abs_change)
+
+
+PAIRED_METRICS = frozenset({"decode_vs_baseline"})  # ratios to the baseline build, measured side by side
+
+
+def compare_paired(rule: RegressionRule, ratios: Sequence[float] | None, against: str) -> Comparison:
+    """Judge per-round ratios (this build / baseline build, lower is better) measured in one run:
+    regressed when the median ratio is beyond the limit and a one-sided Wilcoxon signed-rank
+    test on the log-ratios says the builds really differ."""
+    values = _finite(ratios)
+    values = values[values > 0]
+    if values.size < MIN_SAMPLES:
+        return Comparison(rule.metric, 1.0, None, None, None, None, False,
+                          f"{values.size} paired rounds: too few to judge", "n/a", rule.max_change)
+    ratio = float(np.median(values))
+    worse_by = ratio - 1.0
+    p = wilcoxon_signed_rank(np.log(values), "greater" if worse_by >= 0 else "less")
+    significant = p < rule.alpha
+    regressed = worse_by > rule.max_change and significant
+    test = f"Wilcoxon signed-rank p={p:.2g} {'<' if significant else '>='} {rule.alpha:g} over {values.size} rounds"
+    reason = test if regressed or worse_by <= rule.max_change else f"{test}: within noise"
+    verdict = "regressed" if regressed else (_direction(worse_by) if significant else "same")
+    return Comparison(rule.metric, 1.0, ratio, worse_by, worse_by, p, regressed, f"{reason}, against {against}",
+                      verdict, rule.max_change)
+
+
+def wilcoxon_signed_rank(differences: Sequence[float] | np.ndarray, alternative: str) -> float:
+    """One-sided p-value that ``differences`` are centred above 0 (``greater``) or below (``less``).
+
+    Exact null distribution of the positive-rank sum by counting subsets (zeros dropped); the
+    normal approximation when ranks tie or n > 50.
+    """
+    d = np.asarray(differences, dtype=float)
+    d = d[d != 0]
+    n = d.size
+    if n == 0:
+        return 1.0
+    ranks, tie_counts = _rank(np.abs(d))
+    w_plus = float(ranks[d > 0].sum())
+    statistic = w_plus if alternative == "greater" else n * (n + 1) / 2 - w_plus
+    if n <= 50 and np.all(tie_counts == 1):
+        counts = np.zeros(n * (n + 1) // 2 + 1)
+        counts[0] = 1.0
+        for rank in range(1, n + 1):  # counts[s]: subsets of ranks 1..rank summing to s
+            counts[rank:] = counts[rank:] + counts[:-rank].copy()
+        return float(counts[int(round(statistic)):].sum() / 2.0 ** n)
+    mean = n * (n + 1) / 4
+    variance = n * (n + 1) * (2 * n + 1) / 24 - float(((tie_counts ** 3) - tie_counts).sum()) / 48
+    z = (statistic - mean - 0.5) / math.sqrt(variance)
+    return 0.5 * math.erfc(z / math.sqrt(2))
 
 
 def _compare_scalars(rule: RegressionRule, old: float | None, new: float | None) -> Comparison:

@@ -70,3 +70,22 @@ def test_no_gate_records_but_fails_nothing(pytester: pytest.Pytester, gated_proj
     exploring = nightly(pytester, shared_cache, "--no-gate")
     exploring.assert_outcomes(passed=3)
     assert os.path.exists(gated_project / "reports" / "latest.html")
+
+
+def test_a_rebuilt_variant_decodes_side_by_side_with_the_baseline_build(
+        pytester: pytest.Pytester, gated_project: Path, shared_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    suite = gated_project / "suites" / "suite_tiny.yaml"
+    # Night-to-night latency rules off: only the side-by-side ratio can fail a variant here.
+    light = suite.read_text().split("regressions:")[0].replace("min_samples: 160, max_samples: 160", "min_samples: 16, "
+                                                               "max_samples: 16").replace("min_samples: 40, max_samples: 40", "min_samples: 3, max_samples: 3")
+    suite.write_text(light + "regressions: {decode_ms: false, prefill_ms: false, ttft_ms: false}\n")
+    nightly(pytester, shared_cache).assert_outcomes(passed=3)
+    suite.write_text(suite.read_text().replace("params: {block_size: 32}", "params: {block_size: 16}"))
+    monkeypatch.setenv("EDGEGATE_INJECT_SLOWDOWN", "1.0")  # slows tonight's build only, not the baseline's
+    rebuilt = nightly(pytester, shared_cache)
+    rebuilt.assert_outcomes(passed=2, failed=1)  # fp32 and int8 are the baseline's builds: nothing to pair
+    rebuilt.stdout.fnmatch_lines([
+        "*fp32 on local: decode not paired: same build as baseline run *",
+        "*int4 on local: decode_vs_baseline regressed: 1 -> * x (+*%, limit +3%), Wilcoxon signed-rank p=* < 0.01"
+        " over 12 rounds, against the build of run *",
+    ])

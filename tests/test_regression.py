@@ -139,3 +139,38 @@ def test_mann_whitney_agrees_with_scipy_when_installed() -> None:
         for alternative in ("less", "greater", "two-sided"):
             expected = stats.mannwhitneyu(x, y, alternative=alternative)
             assert mann_whitney_u(x, y, alternative) == (expected.statistic, pytest.approx(expected.pvalue, rel=1e-9))
+
+
+def test_wilcoxon_signed_rank_exact_values_counted_by_hand() -> None:
+    from edgegate.regression import wilcoxon_signed_rank
+
+    # Ranks 1,2,3: 8 equally likely sign patterns; W+ = 6 only when all are positive.
+    assert wilcoxon_signed_rank([0.1, 0.2, 0.3], "greater") == pytest.approx(1 / 8)
+    # W+ = 1 + 3 = 4; patterns with W+ >= 4: {1,3}, {2,3}, {1,2,3}.
+    assert wilcoxon_signed_rank([0.1, -0.2, 0.3], "greater") == pytest.approx(3 / 8)
+    assert wilcoxon_signed_rank([0.1, -0.2, 0.3], "less") == pytest.approx(6 / 8)
+    assert wilcoxon_signed_rank([0.0, 0.0], "greater") == 1.0
+
+
+def test_wilcoxon_signed_rank_holds_its_size_under_the_null() -> None:
+    from edgegate.regression import wilcoxon_signed_rank
+
+    rng = np.random.default_rng(7)
+    p_values = np.array([wilcoxon_signed_rank(rng.normal(0, 1, 12), "greater") for _ in range(2000)])
+    assert 0.02 < np.mean(p_values < 0.05) <= 0.06
+    shifted = np.array([wilcoxon_signed_rank(rng.normal(1.0, 1, 12), "greater") for _ in range(200)])
+    assert np.mean(shifted < 0.05) > 0.7
+
+
+def test_paired_ratios_regress_only_beyond_the_limit_and_the_noise() -> None:
+    from edgegate.regression import DEFAULT_RULES, compare_paired
+
+    rule = DEFAULT_RULES["decode_vs_baseline"]
+    rng = np.random.default_rng(3)
+    slower = compare_paired(rule, list(1.06 + rng.normal(0, 0.01, 12)), "the build of run B")
+    assert slower.regressed and slower.p_value < 0.01 and "against the build of run B" in slower.message()
+    assert not compare_paired(rule, list(1.0 + rng.normal(0, 0.01, 12)), "B").regressed
+    assert not compare_paired(rule, list(1.01 + rng.normal(0, 0.002, 12)), "B").regressed  # real but within +3%
+    noisy = compare_paired(rule, [1.3, 0.8, 1.25, 0.85, 1.2, 0.9], "B")
+    assert not noisy.regressed
+    assert compare_paired(rule, [1.5, 1.5], "B").verdict == "n/a"

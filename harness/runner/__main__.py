@@ -46,17 +46,21 @@ def run_job(job: dict[str, Any]) -> int:
         return 1
     for event in events:
         emit(event)
-    failures += _measure_all(backend, job.get("measurements", {}), sensor)
+    def open_baseline(model: str) -> Any:
+        return backend_type(model, job["providers"], job["threads"], 0.0)
+
+    failures += _measure_all(backend, job.get("measurements", {}), sensor, open_baseline)
     after = thermal.snapshot(sysfs_root)
     failures += _guarded("thermal", lambda: _thermal_events(before, after))
     emit({"event": "done", "failures": failures})
     return 0
 
 
-def _measure_all(backend: Any, wanted: dict[str, Any], sensor: Any) -> int:
+def _measure_all(backend: Any, wanted: dict[str, Any], sensor: Any, open_baseline: Callable[[str], Any]) -> int:
     steps: list[tuple[str, Callable[[], Iterable[dict[str, Any]]]]] = [
         ("prefill", lambda: measure.prefill(backend, wanted["prefill"], sensor)),
         ("decode", lambda: measure.decode(backend, wanted["decode"], sensor)),
+        ("paired_decode", lambda: measure.paired_decode(backend, open_baseline, wanted["paired_decode"])),
         ("embed", lambda: embedding.latency(backend, wanted["embed"], sensor)),
         ("peak_rss", measure.peak_rss),
         ("accuracy", lambda: measure.accuracy(backend, wanted["accuracy"])),

@@ -109,6 +109,28 @@ def decode(backend: CausalLMBackend, job: dict[str, Any], sensor: Any = None) ->
         yield from power_metrics(sampler.summary(sampler.elapsed_s, len(samples)), float(np.mean(samples)) / 1e3)
 
 
+def paired_decode(candidate: CausalLMBackend, open_baseline: Callable[[str], CausalLMBackend],
+                  job: dict[str, Any]) -> Iterator[Event]:
+    """This build's decode step time over the baseline build's, measured side by side.
+
+    Both models are loaded in this one process and decode rounds alternate between them in
+    ABBA order, so a machine that gets busier or cooler during the run slows both alike: what
+    remains in each round's ratio of medians is the difference between the two builds.
+    """
+    baseline = open_baseline(job["baseline_model"])
+    prompt = np.asarray([job["prompt_ids"]], dtype=np.int64)
+    for backend in (candidate, baseline):
+        for _ in range(job["warmup"]):
+            _decode_round(backend, prompt, job["tokens"])
+    ratios = []
+    for index in range(job["rounds"]):
+        order = (candidate, baseline) if index % 4 in (0, 3) else (baseline, candidate)
+        medians = {id(b): float(np.median(_decode_round(b, prompt, job["tokens"]))) for b in order}
+        ratios.append(medians[id(candidate)] / medians[id(baseline)])
+    yield metric("decode_vs_baseline", float(np.median(ratios)), "x", ratios,
+                 note=f"{len(ratios)} alternated rounds of {job['tokens']} tokens against {job['baseline_label']}")
+
+
 def contention_metric(name: str, share: float, limit: float = CONTENTION_LIMIT) -> Event:
     note = None
     if share > limit:

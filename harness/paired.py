@@ -1,0 +1,52 @@
+"""Side-by-side decode against the baseline's own build, for a regression test that noise can't fool.
+
+Between two nights, the same build's decode median on a shared 2-core runner moves by up to
+30% (bench/bench_gate.py), so a night-to-night limit must be loose. When tonight's build of a
+variant differs from the baseline run's (a recipe, a tool or the base model changed), the
+baseline's artifact is still in the content-addressed cache: it is staged next to tonight's and
+the runner decodes with both in one process, alternating, so both see the same machine. The
+ratio of the two (``decode_vs_baseline``) is then judged tightly (+3% by default).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from .baselines import BaselineChoice
+from .store import HistoryStore
+from .suites import Suite
+from .transport import Transport
+from .variants.cache import read_manifest
+from .variants.factory import Artifact
+
+ROUNDS = 12  # alternated rounds; the Wilcoxon test's smallest one-sided p is then 1/4096
+WARMUP = 1
+
+
+def plan(store: HistoryStore, cache_root: Path, choice: BaselineChoice | None, suite: Suite, variant: str,
+         artifact: Artifact) -> tuple[Path, dict[str, str]] | str:
+    """The baseline build's folder and file hashes, or why it cannot be measured side by side."""
+    if choice is None:
+        return "no baseline run"
+    rows = store.frame("artifacts", choice.run_id, where={"suite": suite.name, "variant": variant})
+    if rows.empty:
+        return f"baseline run {choice.run_id} recorded no build of {variant}"
+    recipe, key = str(rows.recipe.iloc[-1]), str(rows.key.iloc[-1])
+    if key == artifact.key:
+        return f"same build as baseline run {choice.run_id} ({key[:16]}): nothing to compare side by side"
+    folder = cache_root / "variants" / f"{recipe}-{key[:16]}"
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return f"baseline build {recipe}-{key[:16]} is not in the cache {cache_root}"
+    hashes = {name: facts["sha256"] for name, facts in manifest["files"].items() if name != "tokenizer.json"}
+    return folder, hashes
+
+
+def measurement(transport: Transport, planned: tuple[Path, dict[str, str]], decode: dict[str, Any],
+                choice: BaselineChoice) -> dict[str, Any]:
+    """The runner's ``paired_decode`` entry: stage the baseline build, decode like ``decode`` does."""
+    folder, hashes = planned
+    remote = PurePosixPath(transport.stage(folder, hashes), "model.onnx")
+    return {"baseline_model": str(remote), "baseline_label": f"the build of baseline run {choice.run_id}",
+            "prompt_ids": decode["prompt_ids"], "tokens": decode["tokens"], "warmup": WARMUP, "rounds": ROUNDS}
