@@ -15,6 +15,7 @@ from . import devicecheck, evaldata, gate
 from .baselines import BaselineChoice, baseline_samples, find_baseline
 from .devicecheck import DeviceReport
 from .errors import BuildError, DeviceNotReady, EdgeGateError, RunnerError
+from .lease import Leases, lease_owner
 from .profiles import DeviceProfile
 from .regression import DEFAULT_RULES, compare_metric
 from .stats import Summary, summarize
@@ -58,7 +59,8 @@ class RunSession:
 
     def __init__(self, run_id: str, git_commit: str, store: HistoryStore, cache_root: Path,
                  log: Callable[[str], None] = lambda _: None, accept_new_host_keys: bool = False,
-                 baseline_spec: str | None = None, repo: Path | None = None) -> None:
+                 baseline_spec: str | None = None, repo: Path | None = None,
+                 lease_wait_s: float | None = None) -> None:
         self.run_id = run_id
         self.git_commit = git_commit
         self.store = store
@@ -76,6 +78,7 @@ class RunSession:
         self.repo = repo
         self.baselines: dict[tuple[str, str, str], BaselineChoice | None] = {}
         self.limits: dict[tuple[str, str, str], dict[str, str]] = {}  # shown next to the values
+        self.leases = Leases(lease_owner(run_id), lease_wait_s, accept_new_host_keys, log)  # one measurement at a time
 
     def factory(self, suite: Suite) -> VariantFactory:
         if suite.path not in self._factories:
@@ -147,6 +150,7 @@ class RunSession:
         })
 
     def close(self) -> None:
+        self.leases.close()
         for transport in self._transports.values():
             transport.close()
         self._transports.clear()
@@ -197,9 +201,10 @@ class RunSession:
         job["model"] = str(PurePosixPath(transport.stage(artifact.folder, hashes), artifact.model.name))
         self.log(f"measuring {variant.name} on {device.name}")
         result = VariantResult(suite.name, device.name, variant.name)
-        with closing(transport.run_job(job, device.measurement_timeout_s)) as events:  # Ctrl-C stops the runner too
-            for event in events:
-                self._take(event, result)
+        with self.leases.hold(device):
+            with closing(transport.run_job(job, device.measurement_timeout_s)) as events:  # Ctrl-C stops the runner too
+                for event in events:
+                    self._take(event, result)
         for metric in self._roofline(suite, device, variant, artifact, result):
             result.metrics[metric.name] = metric
             self.store.append_results([self._row(result, metric)])

@@ -61,7 +61,9 @@ class RunInfo:
 
 
 class HistoryStore:
-    """One SQLite file; safe for several writers (WAL, busy timeout, one transaction per write)."""
+    """One SQLite file; safe for several writers, threads or processes (WAL, a 60 s busy timeout, one
+    short transaction per write, a fresh connection each time). Not on a network filesystem: WAL needs
+    shared memory between the writers, so they must run on one machine."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -104,10 +106,13 @@ class HistoryStore:
             raise StoreError(f"{self.path}: cannot open the history: {exc}") from None
         return db
 
-    def start_run(self, run: RunInfo) -> None:
+    def start_run(self, run: RunInfo, joining: bool = False) -> None:
+        """Record the run's start. ``joining``: several processes (pytest-xdist workers) share this run
+        id; the first one's row stands, the others' are ignored (their RunInfo is the same but the time)."""
+        verb = "INSERT OR IGNORE" if joining else "INSERT"
         with closing(self._connect()) as db, db:
             db.execute(
-                "INSERT INTO runs (run_id, started_at, git_commit, suites, devices, environment, branch) "
+                f"{verb} INTO runs (run_id, started_at, git_commit, suites, devices, environment, branch) "
                 "VALUES (?,?,?,?,?,?,?)",
                 (run.run_id, run.started_at, run.git_commit, json.dumps(run.suites), json.dumps(run.devices),
                  json.dumps(run.environment), run.branch),

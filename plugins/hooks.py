@@ -21,7 +21,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "edgegate(device, variant): an EdgeGate measurement item")
-    settings = settings_from(config.getoption, Path(config.rootpath))
+    if not config.pluginmanager.hasplugin("xdist"):
+        config.addinivalue_line("markers", "xdist_group(name): keeps a device's items on one pytest-xdist worker")
+    try:
+        settings = settings_from(config.getoption, Path(config.rootpath))
+    except EdgeGateError as exc:  # a tag or 'all' that matches nothing, or a broken profile
+        raise pytest.UsageError(str(exc)) from None
     config.stash[SETTINGS_KEY] = settings
     if config.getoption("edgegate_devices"):  # asked for by name: a wrong one is a usage error
         try:

@@ -41,6 +41,7 @@ class VariantItem(pytest.Item):
         self.device = device
         self.variant = variant
         self.add_marker(pytest.mark.edgegate(device=device.name, variant=variant.name))
+        self.add_marker(pytest.mark.xdist_group(device.name))  # a device's items share one worker and its reference
 
     def runtest(self) -> None:
         run = recorder(self.config).session

@@ -8,12 +8,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgegate.errors import ConfigError
+from edgegate.profiles import load_profile, registered_profiles
+
 DEFAULT_DEVICE = "local"
+ALL_DEVICES = "all"
+TAG_PREFIX = "tag:"
 
 
 def add_options(addoption: Callable[..., Any], prefix: str = "--edgegate-") -> None:
     addoption("--device", action="append", dest="edgegate_devices", metavar="NAME", default=None,
-              help=f"device profile to measure on; repeat for several (default: {DEFAULT_DEVICE})")
+              help=f"device profile to measure on; repeat for several, '{ALL_DEVICES}' for every profile, "
+                   f"'{TAG_PREFIX}TAG' for those tagged TAG (default: {DEFAULT_DEVICE}); with pytest-xdist, "
+                   "-n auto gives each device its own worker")
+    addoption(f"{prefix}lease-wait", dest="edgegate_lease_wait", metavar="SECONDS", type=float, default=None,
+              help="how long to wait for a device another run holds (default: the profile's lease.wait_s, "
+                   "else 1800; 0 fails at once, naming the holder)")
     addoption(f"{prefix}profiles", dest="edgegate_profiles", metavar="DIR", default=None,
               help="folder of device profiles (default: <rootdir>/device_profiles)")
     addoption(f"{prefix}history", dest="edgegate_history", metavar="FILE", default=None,
@@ -45,6 +55,7 @@ class Settings:
     baseline: str | None = None
     no_gate: bool = False
     templates: Path | None = None
+    lease_wait_s: float | None = None
 
 
 def settings_from(getoption: Callable[[str], Any], rootdir: Path) -> Settings:
@@ -53,9 +64,10 @@ def settings_from(getoption: Callable[[str], Any], rootdir: Path) -> Settings:
         return Path(value).expanduser().resolve() if value else default
 
     cache_default = Path(os.environ.get("EDGEGATE_CACHE_DIR") or Path.home() / ".cache" / "edgegate")
+    profiles_dir = path("edgegate_profiles", rootdir / "device_profiles")
     return Settings(
-        devices=tuple(dict.fromkeys(getoption("edgegate_devices") or [DEFAULT_DEVICE])),
-        profiles_dir=path("edgegate_profiles", rootdir / "device_profiles"),
+        devices=resolve_devices(getoption("edgegate_devices") or [DEFAULT_DEVICE], profiles_dir),
+        profiles_dir=profiles_dir,
         history=path("edgegate_history", rootdir / "reports" / "history.sqlite"),
         reports_dir=path("edgegate_reports", rootdir / "reports"),
         cache_dir=path("edgegate_cache", cache_default.expanduser()),
@@ -64,4 +76,33 @@ def settings_from(getoption: Callable[[str], Any], rootdir: Path) -> Settings:
         baseline=getoption("edgegate_baseline"),
         no_gate=bool(getoption("edgegate_no_gate")),
         templates=path("edgegate_templates", None) if getoption("edgegate_templates") else None,
+        lease_wait_s=getoption("edgegate_lease_wait"),
     )
+
+
+def resolve_devices(selectors: list[str], profiles_dir: Path) -> tuple[str, ...]:
+    """Profile names for ``--device`` values (a name, ``all``, ``tag:TAG``), in order, each once.
+
+    Names are checked later (an unknown one lists the registered ones); ``all`` and tags must
+    match at least one profile.
+    """
+    names: list[str] = []
+    for selector in selectors:
+        if selector == ALL_DEVICES:
+            names += _matching(profiles_dir, lambda tags: True, "no device profiles registered")
+        elif selector.startswith(TAG_PREFIX):
+            tag = selector[len(TAG_PREFIX):]
+            names += _matching(profiles_dir, lambda tags: tag in tags, f"no device profile has tag {tag!r}")
+        else:
+            names.append(selector)
+    return tuple(dict.fromkeys(names))
+
+
+def _matching(profiles_dir: Path, wanted: Callable[[tuple[str, ...]], bool], none_found: str) -> list[str]:
+    registered = registered_profiles(profiles_dir)
+    tags = {name: load_profile(path).tags for name, path in registered.items()}
+    found = [name for name, tagged in tags.items() if wanted(tagged)]
+    if not found:
+        in_use = sorted({tag for tagged in tags.values() for tag in tagged})
+        raise ConfigError(profiles_dir, "--device", f"{none_found}; tags in use: {', '.join(in_use) or 'none'}")
+    return found

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +14,7 @@ from edgegate.report import render_run
 from edgegate.session import RunSession
 from edgegate.store import HistoryStore, RunInfo
 
+from .fleet import is_worker, merge_facts, publish_to_controller, run_id_for
 from .options import Settings
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
@@ -26,7 +27,7 @@ class Recorder:
     def __init__(self, config: pytest.Config, settings: Settings) -> None:
         self.config = config
         self.settings = settings
-        self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+        self.run_id = run_id_for(config)  # on an xdist worker: the controller's, shared by all workers
         self.profiles: dict[str, DeviceProfile] = {
             name: find_profile(name, settings.profiles_dir) for name in settings.devices
         }
@@ -34,11 +35,13 @@ class Recorder:
         self.suites: list[str] = []
         self.session = RunSession(self.run_id, environment.git_commit(settings.rootdir), self.store,
                                   settings.cache_dir, self.log, settings.accept_new_host_keys,
-                                  baseline_spec=settings.baseline, repo=settings.rootdir)
+                                  baseline_spec=settings.baseline, repo=settings.rootdir,
+                                  lease_wait_s=settings.lease_wait_s)
         self.report: Path | None = None
         self.benchmark_files: list[Path] = []
         self.environment: dict[str, object] = {}
         self.report_error: str | None = None
+        self.worker_facts: list[dict[str, Any]] = []  # on the xdist controller: what each worker learnt
         self._started = False
 
     def start(self, suites: list[str]) -> None:
@@ -47,7 +50,7 @@ class Recorder:
         self.store.start_run(RunInfo(
             self.run_id, _now(), self.session.git_commit, tuple(suites), tuple(self.profiles), self.environment,
             branch=environment.git_branch(self.settings.rootdir),
-        ))
+        ), joining=is_worker(self.config))
         self._started = True
 
     def log(self, line: str) -> None:
@@ -63,12 +66,11 @@ class Recorder:
         self.session.close()
         if not self._started:
             return
-        devices = {name: report.facts for name, report in self.session.device_reports.items()}
-        baselines = {"/".join(key): (vars(choice) if choice else None) for key, choice in self.session.baselines.items()}
-        self.store.finish_run(self.run_id, _now(), int(exitstatus),
-                              {**self.environment, "devices": devices, "baselines": baselines,
-                               "variants": self.session.variant_settings(),
-                               "limits": {"/".join(key): shown for key, shown in self.session.limits.items()}})
+        facts = merge_facts([*self.worker_facts, self._facts()])
+        if is_worker(self.config):  # the xdist controller finishes the run and writes the report, once
+            publish_to_controller(self.config, self.environment, facts)
+            return
+        self.store.finish_run(self.run_id, _now(), int(exitstatus), {**self.environment, **facts})
         local = [name for name, profile in self.profiles.items() if profile.transport == "local"]
         try:
             self.benchmark_files = benchjson.write_run(self.store, self.run_id, self.settings.reports_dir / "benchmarks", local)
@@ -76,6 +78,18 @@ class Recorder:
         except Exception as exc:  # noqa: BLE001 - the history is safe; say so instead of a traceback
             self.report_error = (f"could not write the report ({type(exc).__name__}: {exc}); every result is in "
                                  f"{self.settings.history}: re-render with `edgegate report {self.run_id}`")
+
+    def _facts(self) -> dict[str, Any]:
+        devices = {name: report.facts for name, report in self.session.device_reports.items()}
+        baselines = {"/".join(key): (vars(choice) if choice else None) for key, choice in self.session.baselines.items()}
+        return {"devices": devices, "baselines": baselines, "variants": self.session.variant_settings(),
+                "limits": {"/".join(key): shown for key, shown in self.session.limits.items()}}
+
+    def adopt(self, environment: dict[str, Any], facts: dict[str, Any]) -> None:
+        """On the xdist controller: a finished worker's part of the run, reported with the rest."""
+        self.environment = environment
+        self.worker_facts.append(facts)
+        self._started = True
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         if not self._started:
