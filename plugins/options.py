@@ -92,7 +92,7 @@ def resolve_devices(selectors: list[str], profiles_dir: Path) -> tuple[str, ...]
             names += _matching(profiles_dir, lambda tags: True, "no device profiles registered")
         elif selector.startswith(TAG_PREFIX):
             tag = selector[len(TAG_PREFIX):]
-            names += _matching(profiles_dir, lambda tags: tag in tags, f"no device profile has tag {tag!r}")
+            names += _matching(profiles_dir, lambda tags, tag=tag: tag in tags, f"no device profile has tag {tag!r}")
         else:
             names.append(selector)
     return tuple(dict.fromkeys(names))

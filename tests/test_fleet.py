@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from contextlib import ExitStack
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -198,7 +199,7 @@ def _check_devices_measured_in_parallel(devices: list[DeviceProfile], run_id: st
         measured = [i for i in held_intervals(lease_log(device.name, transport)[0]) if i[0].endswith(f"run {run_id}")]
         transport.close()
         assert len(measured) == 3 and all(end is not None for _, _, end in measured)
-        for (_, _, end), (_, start, _) in zip(measured, measured[1:]):
+        for (_, _, end), (_, start, _) in pairwise(measured):
             assert end <= start  # one measurement at a time on each device
         spans += [(start, +1) for _, start, _ in measured] + [(end, -1) for _, _, end in measured]
     busy, most = 0, 0

@@ -9,6 +9,9 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
+from functools import partial
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -121,7 +124,11 @@ def start_run(root: Path, cache: Path, name: str) -> tuple[subprocess.Popen[byte
     return process, output
 
 
-def wait_for(condition, what: str, timeout_s: float = 240.0) -> None:
+def waiting_or_ended(process: subprocess.Popen[bytes], output: Path) -> bool:
+    return "leased by the test" in output.read_text() or process.poll() is not None
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 240.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         assert time.monotonic() < deadline, f"gave up waiting for {what}"
@@ -136,8 +143,7 @@ def test_two_concurrent_runs_on_one_device_take_turns(tiny_project: Path, shared
     with gate.hold(device):
         runs = [start_run(tiny_project, shared_cache, name) for name in ("a", "b")]
         for process, output in runs:
-            wait_for(lambda: "leased by the test" in output.read_text() or process.poll() is not None,
-                     f"run {output.stem} to wait for the device")
+            wait_for(partial(waiting_or_ended, process, output), f"run {output.stem} to wait for the device")
             assert process.poll() is None, output.read_text()
     for process, output in runs:
         assert process.wait(timeout=300) == 0, output.read_text()[-3000:]
@@ -146,5 +152,5 @@ def test_two_concurrent_runs_on_one_device_take_turns(tiny_project: Path, shared
     run_ids = set(HistoryStore(tiny_project / "reports" / "history.sqlite").frame("runs").run_id)
     assert len(run_ids) == 2 and len(held) == 6
     assert Counter(owner.rsplit(" run ", 1)[-1] for owner, _, _ in held) == {run_id: 3 for run_id in run_ids}
-    for (_, _, end), (_, start, _) in zip(held, held[1:]):
+    for (_, _, end), (_, start, _) in pairwise(held):
         assert end is not None and end <= start, held

@@ -1,0 +1,164 @@
+"""Wall time of a suite on one namespace device vs on a fleet of N, each device on its own xdist worker.
+
+    sudo python bench/bench_fleet.py [--devices 8] [--quota CORES] [--suite PATH | --suite tiny]
+
+Starts N sshd devices in network namespaces (tests/sshdevices.py), each capped by a cgroup CPU
+quota (default: this machine's cores / N, so the whole fleet fits on its cores), makes the first
+ready with `devices setup` and lets the others use its venv (one filesystem). A first untimed
+run on d0 builds the variants into the cache; then, timed: the suite on d0 alone (plain pytest,
+as one runs a single device, and with `-n 1` to show what xdist itself costs), then on all N
+devices (`-n N`, one xdist worker per device). Prints the wall times, the ratios, and from the
+devices' lease logs the seconds each spent measuring and how many devices measured at once. The single device has the same quota as each
+fleet device, so the ratio measures what running side by side costs, not a change of device.
+The goal is a ratio <= 1.2 where the machine has a core per device and some left for the host.
+Needs root and openssh-server; run it alone on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from sshdevices import SshDeviceFarm  # noqa: E402
+
+from edgegate.devicesetup import setup_device  # noqa: E402
+from edgegate.lease import held_intervals, lease_log  # noqa: E402
+from edgegate.profiles import DeviceProfile, load_profile  # noqa: E402
+from edgegate.transport.ssh import SshTransport  # noqa: E402
+
+TAG = "benchfleet"
+
+
+@dataclass(frozen=True)
+class Timed:
+    devices: int
+    wall_s: float
+    run_id: str
+    measuring_s: dict[str, float]  # device -> seconds it held its lease (measuring)
+    most_at_once: int
+
+
+def main() -> int:
+    args = parse_args()
+    quota = args.quota or (os.cpu_count() or 1) / args.devices
+    with tempfile.TemporaryDirectory() as scratch_name, SshDeviceFarm(Path(scratch_name), prefix="benchflt") as farm:
+        scratch = Path(scratch_name)
+        if not farm.uses_namespaces:
+            sys.exit("needs root and `ip netns` (namespace devices with CPU quotas)")
+        profiles, devices = start_fleet(farm, args.devices, quota, scratch)
+        project, target, cache = prepare_suite(args.suite, scratch)
+        base = [sys.executable, "-m", "pytest", target, "--no-gate", "-p", "no:cacheprovider", "-q",
+                "--edgegate-profiles", str(profiles), "--edgegate-history", str(scratch / "history.sqlite"),
+                "--edgegate-reports", str(scratch / "reports"), *(["--edgegate-cache", str(cache)] if cache else [])]
+        print("warm-up on d0 (builds what the cache lacks; not timed) ...", flush=True)
+        run(base + ["--device", "d0"], project, devices)
+        single = run(base + ["--device", "d0"], project, devices)
+        single_xdist = run(base + ["--device", "d0", "-n", "1"], project, devices)
+        fleet = run(base + ["--device", f"tag:{TAG}", "-n", str(args.devices)], project, devices)
+        report(single, single_xdist, fleet, quota)
+    return 0
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=8, help="fleet size (default 8)")
+    parser.add_argument("--quota", type=float, default=None, help="CPU cores per device (default: cores / devices)")
+    parser.add_argument("--suite", default=str(ROOT / "suites" / "suite_smollm2.yaml"),
+                        help="suite file, or 'tiny' for the tests' tiny model (a smoke test of this script)")
+    return parser.parse_args()
+
+
+def start_fleet(farm: SshDeviceFarm, count: int, quota: float, scratch: Path) -> tuple[Path, list[DeviceProfile]]:
+    """Devices d0..d{count-1}, each capped at ``quota`` cores: their profiles folder and profiles."""
+    devices = [farm.start(f"d{index}", cpu_quota=quota) for index in range(count)]
+    profiles = scratch / "profiles"
+    profiles.mkdir()
+    (profiles / "d0.yaml").write_text(devices[0].profile_yaml())
+    transport = SshTransport(load_profile(profiles / "d0.yaml"))
+    print(setup_device("d0", transport, scratch / "wheels", log=lambda _: None).explain(), flush=True)
+    transport.close()
+    shared_python = f"{devices[0].home}/edgegate/venv/bin/python"
+    for device in devices:
+        (profiles / f"{device.name}.yaml").write_text(device.profile_yaml(python=shared_python, tags=[TAG]))
+    return profiles, [load_profile(profiles / f"{device.name}.yaml") for device in devices]
+
+
+def prepare_suite(suite: str, scratch: Path) -> tuple[Path, str, Path | None]:
+    """(pytest's working folder, the suite to run, a cache folder or None for the default cache)."""
+    if suite != "tiny":
+        return ROOT, str(Path(suite).resolve()), None
+    from conftest import write_tiny_suite
+    from tinymodel import build_tiny_llama
+
+    project = scratch / "project"
+    build_tiny_llama(project / "suites" / "tiny_model")
+    write_tiny_suite(project)
+    (project / "pytest.ini").write_text("[pytest]\n")
+    return project, "suites/", scratch / "cache"
+
+
+def run(command: list[str], cwd: Path, devices: list[DeviceProfile]) -> Timed:
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - started
+    found = re.search(r"^run (\S+); history:", done.stdout, re.MULTILINE)
+    if done.returncode != 0 or found is None:
+        sys.exit(f"`{' '.join(command[3:])}` failed ({done.returncode}):\n{done.stdout[-4000:]}{done.stderr[-2000:]}")
+    run_id = found.group(1)
+    held = {device.name: intervals_of(device, run_id) for device in devices}
+    measuring = {name: sum(end - start for start, end in spans) for name, spans in held.items() if spans}
+    timed = Timed(len(measuring), wall, run_id, measuring, most_at_once(held.values()))
+    print(f"{timed.devices} device(s): {wall:.1f} s wall, run {run_id}", flush=True)
+    return timed
+
+
+def intervals_of(device: DeviceProfile, run_id: str) -> list[tuple[float, float]]:
+    """When the device measured for run ``run_id``, from its lease log (the device's clock)."""
+    transport = SshTransport(device)
+    try:
+        log = lease_log(device.name, transport)[0]
+    finally:
+        transport.close()
+    return [(start, end) for owner, start, end in held_intervals(log) if owner.endswith(f"run {run_id}") and end]
+
+
+def most_at_once(held: Iterable[list[tuple[float, float]]]) -> int:
+    steps = sorted((moment, step) for spans in held for start, end in spans for moment, step in ((start, 1), (end, -1)))
+    busy = most = 0
+    for _, step in steps:
+        busy += step
+        most = max(most, busy)
+    return most
+
+
+def report(single: Timed, single_xdist: Timed, fleet: Timed, quota: float) -> None:
+    cores, count = os.cpu_count() or 1, fleet.devices
+    print()
+    print("| devices | pytest | wall s | seconds measuring per device (lease held) | most devices measuring at once |")
+    print("|---|---|---|---|---|")
+    for timed, how in ((single, "plain"), (single_xdist, "-n 1"), (fleet, f"-n {count}")):
+        spent = sorted(timed.measuring_s.values())
+        per_device = f"{spent[0]:.1f}" if len(spent) == 1 else f"{spent[0]:.1f} - {spent[-1]:.1f}"
+        print(f"| {timed.devices} | {how} | {timed.wall_s:.1f} | {per_device} | {timed.most_at_once} |")
+    print()
+    print(f"wall time ratio, {count} devices / 1 device: {fleet.wall_s / single.wall_s:.2f} against plain pytest, "
+          f"{fleet.wall_s / single_xdist.wall_s:.2f} against -n 1 (goal <= 1.2 with a core per device)")
+    print(f"cores: each device capped at {quota:.2f} cores (cgroup cpu quota), {count} x {quota:.2f} = "
+          f"{count * quota:.2f} of this machine's {cores}; pytest, the {count} xdist workers and sshd run outside "
+          f"the quotas on the same {cores} cores")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
