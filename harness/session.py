@@ -11,20 +11,21 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from . import devicecheck, evaldata, gate
+from . import devicecheck, evaldata, gate, paired, sentence_pairs
 from .baselines import BaselineChoice, baseline_samples, find_baseline
 from .devicecheck import DeviceReport
 from .errors import BuildError, DeviceNotReady, EdgeGateError, RunnerError
 from .lease import Leases, lease_owner
 from .profiles import DeviceProfile
-from .regression import DEFAULT_RULES, compare_metric
+from .regression import DEFAULT_RULES, PAIRED_METRICS, compare_metric, compare_paired
 from .stats import Summary, summarize
 from .store import HistoryStore
 from .suites import Suite, VariantSpec
 from .transport import Transport, open_transport
 from .variants.factory import Artifact, VariantFactory
 
-RELATIVE_METRICS = ("kl_mean", "kl_max", "top1_agreement")  # defined only against a reference
+# Defined only against a reference.
+RELATIVE_METRICS = ("kl_mean", "kl_max", "top1_agreement", "cosine_mean", "cosine_min", "rank_spearman")
 SLOWDOWN_ENV = "EDGEGATE_INJECT_SLOWDOWN"  # e.g. 0.10: every timed call sleeps 10% longer; to test the gate
 
 
@@ -130,13 +131,17 @@ class RunSession:
         old = baseline_samples(self.store, choice.run_id, suite.name, device.name, variant.name)
         breaches = []
         for name, rule in (suite.regressions or DEFAULT_RULES).items():
-            if name in old and name in result.metrics:
+            if name in PAIRED_METRICS and name in result.metrics:
+                comparison = compare_paired(rule, result.metrics[name].samples, f"the build of run {choice.run_id}")
+            elif name in old and name in result.metrics:
                 new = result.metrics[name]
                 comparison = compare_metric(rule, *old[name], new.value, new.samples)
-                if comparison.regressed:
-                    reason = f"{comparison.message()} vs baseline {choice.run_id} ({choice.reason})"
-                    breaches.append(gate.Breach(gate.Threshold(name, "baseline", rule.max_change),
-                                                comparison.value, comparison.baseline_value, reason))
+            else:
+                continue
+            if comparison.regressed:
+                reason = f"{comparison.message()} vs baseline {choice.run_id} ({choice.reason})"
+                breaches.append(gate.Breach(gate.Threshold(name, "baseline", rule.max_change),
+                                            comparison.value, comparison.baseline_value, reason))
         return breaches
 
     def variant_settings(self) -> dict[str, dict[str, Any]]:
@@ -199,13 +204,15 @@ class RunSession:
         hashes = {name: facts["sha256"] for name, facts in artifact.manifest["files"].items()
                   if name != artifact.tokenizer.name}  # tokenizing happens here, not on the device
         job["model"] = str(PurePosixPath(transport.stage(artifact.folder, hashes), artifact.model.name))
+        self._add_paired(suite, device, variant, artifact, transport, job)
         self.log(f"measuring {variant.name} on {device.name}")
         result = VariantResult(suite.name, device.name, variant.name)
         with self.leases.hold(device):
             with closing(transport.run_job(job, device.measurement_timeout_s)) as events:  # Ctrl-C stops the runner too
                 for event in events:
                     self._take(event, result)
-        for metric in self._roofline(suite, device, variant, artifact, result):
+        roofline = self._roofline(suite, device, variant, artifact, result) if suite.base_model.task == "causal_lm" else []
+        for metric in roofline:
             result.metrics[metric.name] = metric
             self.store.append_results([self._row(result, metric)])
         return result
@@ -244,7 +251,24 @@ class RunSession:
         measured = source.metrics.get("memory_bandwidth_gbs") if source else None
         return (measured.value, "measured on the device") if measured and measured.value else (None, "")
 
+    def _add_paired(self, suite: Suite, device: DeviceProfile, variant: VariantSpec, artifact: Artifact,
+                    transport: Transport, job: dict[str, Any]) -> None:
+        """Decode side by side with the baseline run's build when it differs from tonight's (see paired)."""
+        measurements = job["measurements"]
+        if "decode" not in measurements or "decode_vs_baseline" not in (suite.regressions or DEFAULT_RULES):
+            return
+        choice = find_baseline(self.store, suite.name, device.name, variant.name, self.baseline_spec,
+                               exclude_run=self.run_id, repo=self.repo)
+        planned = paired.plan(self.store, self.cache_root, choice, suite, variant.name, artifact)
+        if isinstance(planned, str):
+            self.log(f"{variant.name} on {device.name}: decode not paired: {planned}")
+            return
+        assert choice is not None
+        measurements["paired_decode"] = paired.measurement(transport, planned, measurements["decode"], choice)
+
     def _job(self, suite: Suite, device: DeviceProfile, variant: VariantSpec, artifact: Artifact) -> dict[str, Any]:
+        if suite.base_model.task == "sentence_embedding":
+            return self._embedding_job(suite, device, variant, artifact)
         try:
             text = evaldata.tokenize(artifact.tokenizer, suite.prefill.prompt_tokens,
                                      suite.accuracy.windows, suite.accuracy.window_tokens)
@@ -262,11 +286,7 @@ class RunSession:
             if reference is not None and "perplexity" in reference.metrics:
                 accuracy["reference_logprobs"] = logprobs_path
         return {
-            "backend": "onnxruntime",
-            "providers": list(device.execution_providers),
-            "threads": device.threads,
-            "power": {"kind": device.power_sensor.kind, "command": device.power_sensor.command},
-            "inject_slowdown": float(os.environ.get(SLOWDOWN_ENV) or 0.0),
+            **_runtime_fields(device, "onnxruntime"),
             "measurements": {
                 "prefill": {"prompt_ids": list(text.prompt_ids), **_stop_fields(suite.prefill)},
                 "decode": {"prompt_ids": list(text.prompt_ids[: suite.decode.prompt_tokens]),
@@ -275,6 +295,28 @@ class RunSession:
                 **({"bandwidth": {"threads": device.threads}} if variant.name == suite.reference else {}),
             },
         }
+
+    def _embedding_job(self, suite: Suite, device: DeviceProfile, variant: VariantSpec,
+                       artifact: Artifact) -> dict[str, Any]:
+        """A sentence encoder's job: latency of one batch, then every sentence of the similarity set."""
+        try:
+            pairs = sentence_pairs.tokenize_pairs(artifact.tokenizer, suite.embed.max_tokens)
+        except (OSError, ValueError) as exc:
+            raise BuildError(f"cannot tokenize the sentence-similarity set for {variant.name}: {exc}") from None
+        similarity: dict[str, Any] = {"sentences": [list(s) for s in pairs.sentences],
+                                      "pairs": [list(p) for p in pairs.pairs], "gold": list(pairs.gold)}
+        reference_key = self.factory(suite).artifact(suite.variant(suite.reference)).key
+        name = f"{reference_key[:16]}-{pairs.text_sha256[:12]}-{len(pairs.sentences)}x{suite.embed.max_tokens}.npy"
+        embeddings_path = self._transport(device).device_path("embeddings", name)
+        if variant.name == suite.reference:
+            similarity["save_embeddings"] = embeddings_path
+        else:
+            reference = self._reference(suite, device)
+            if reference is not None and "gold_spearman" in reference.metrics:
+                similarity["reference_embeddings"] = embeddings_path
+        batch = [list(s) for s in pairs.sentences[: suite.embed.batch]]
+        return {**_runtime_fields(device, "onnxruntime_encoder"), "measurements": {
+            "embed": {"sentences": batch, **_stop_fields(suite.embed)}, "similarity": similarity}}
 
     def _take(self, event: dict[str, Any], result: VariantResult) -> None:
         kind = event.get("event")
@@ -309,6 +351,16 @@ def _metric(event: dict[str, Any]) -> MetricResult:
     if value is not None and not math.isfinite(float(value)):
         return MetricResult(event["name"], None, event.get("unit", ""), samples, f"not a finite number: {value}")
     return MetricResult(event["name"], value, event.get("unit", ""), samples, event.get("note"), summary)
+
+
+def _runtime_fields(device: DeviceProfile, backend: str) -> dict[str, Any]:
+    return {
+        "backend": backend,
+        "providers": list(device.execution_providers),
+        "threads": device.threads,
+        "power": {"kind": device.power_sensor.kind, "command": device.power_sensor.command},
+        "inject_slowdown": float(os.environ.get(SLOWDOWN_ENV) or 0.0),
+    }
 
 
 def _stop_fields(spec: Any) -> dict[str, Any]:
