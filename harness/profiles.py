@@ -15,6 +15,8 @@ POWER_SENSORS = ("none", "ina3221", "rapl", "nvml", "command")
 TRANSPORTS = ("local", "ssh")
 DEFAULT_MEASUREMENT_TIMEOUT_S = 600.0  # each measurement reports when it ends; load of a big model on a slow board included
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_HOST = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._:%-]*$")  # a host name, IPv4 or IPv6 address (scope allowed)
+_USER = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]*\$?$")  # POSIX portable user names
 
 
 @dataclass(frozen=True)
@@ -124,8 +126,8 @@ def _ssh(parent: Fields, transport: str) -> SshSettings | None:
     if "password" in fields.data:
         raise ConfigError(parent.path, "ssh.password", "passwords are never stored in profiles; use key_file or an SSH agent")
     settings = SshSettings(
-        host=fields.get("host", str),
-        user=fields.get("user", str),
+        host=_matching(fields, "host", _HOST, "a host name or address"),
+        user=_matching(fields, "user", _USER, "a user name (letters, digits, '.', '_', '-')"),
         port=int(fields.number("port", 22, minimum=1, maximum=65535)),
         key_file=fields.get("key_file", str, None),
         known_hosts=fields.get("known_hosts", str, None),
@@ -135,6 +137,13 @@ def _ssh(parent: Fields, transport: str) -> SshSettings | None:
     )
     fields.finish()
     return settings
+
+
+def _matching(fields: Fields, key: str, pattern: re.Pattern[str], what: str) -> str:
+    value = str(fields.get(key, str))
+    if not pattern.match(value):
+        raise ConfigError(fields.path, fields.name(key), f"expected {what}, got {value!r}")
+    return value
 
 
 def registered_profiles(directory: Path) -> dict[str, Path]:

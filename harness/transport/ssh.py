@@ -54,10 +54,11 @@ class SshTransport:
         if self._transport is not None and self._transport.is_active():
             return self._transport
         self._drop()
+        host_keys, key = self._host_keys(), self._private_key()  # a problem with either is no network error
         delay, last_error = 0.5, None
         for attempt in range(self.connect_attempts):
             try:
-                self._transport = self._open()
+                self._transport = self._open(key, host_keys)
                 return self._transport
             except (HostKeyError, ConfigError):
                 raise
@@ -74,7 +75,7 @@ class SshTransport:
             f"attempts: {_describe(last_error)}"
         )
 
-    def _open(self) -> paramiko.Transport:
+    def _open(self, key: paramiko.PKey | None, host_keys: paramiko.HostKeys) -> paramiko.Transport:
         sock = socket.create_connection((self.ssh.host, self.ssh.port), timeout=self.ssh.connect_timeout_s)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport = paramiko.Transport(sock, default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET_SIZE)
@@ -86,22 +87,34 @@ class SshTransport:
             transport.handshake_timeout = self.ssh.connect_timeout_s
             transport.auth_timeout = self.ssh.connect_timeout_s
             transport.start_client(timeout=self.ssh.connect_timeout_s)
-            self._verify_host_key(transport.get_remote_server_key())
-            self._authenticate(transport)
+            self._verify_host_key(transport.get_remote_server_key(), host_keys)
+            self._authenticate(transport, key)
         except BaseException:
             transport.close()
             raise
         transport.set_keepalive(15)
         return transport
 
-    def _verify_host_key(self, key: paramiko.PKey) -> None:
+    def _host_keys(self) -> paramiko.HostKeys:
         known_hosts = self._known_hosts_file()
         host_keys = paramiko.HostKeys()
         try:
             if known_hosts.exists():
                 host_keys.load(str(known_hosts))
-        except (OSError, paramiko.SSHException, ValueError) as exc:
+        except (OSError, paramiko.SSHException, ValueError, UnicodeDecodeError) as exc:
             raise self._config_error("ssh.known_hosts", f"cannot read {known_hosts}: {_describe(exc)}") from None
+        return host_keys
+
+    def _private_key(self) -> paramiko.PKey | None:
+        if not self.ssh.key_file:
+            return None  # an SSH agent's keys are tried instead
+        try:
+            return _load_private_key(self._local_path(self.ssh.key_file))
+        except ValueError as exc:
+            raise self._config_error("ssh.key_file", str(exc)) from None
+
+    def _verify_host_key(self, key: paramiko.PKey, host_keys: paramiko.HostKeys) -> None:
+        known_hosts = self._known_hosts_file()
         entry = self._host_entry()
         known = host_keys.lookup(entry) or {}
         fingerprint = f"{key.get_name()} {key.fingerprint}"
@@ -127,13 +140,9 @@ class SshTransport:
             raise self._config_error("ssh.known_hosts", f"cannot record the new host key in {known_hosts}: "
                                                         f"{exc.strerror or exc}") from None
 
-    def _authenticate(self, transport: paramiko.Transport) -> None:
+    def _authenticate(self, transport: paramiko.Transport, key: paramiko.PKey | None) -> None:
         user = self.ssh.user
-        if self.ssh.key_file:
-            try:
-                key = _load_private_key(Path(os.path.expanduser(self.ssh.key_file)))
-            except ValueError as exc:
-                raise self._config_error("ssh.key_file", str(exc)) from None
+        if key is not None:
             transport.auth_publickey(user, key)
             return
         for agent_key in paramiko.Agent().get_keys():
@@ -150,7 +159,12 @@ class SshTransport:
         return ConfigError(self.profile.path, field, problem)
 
     def _known_hosts_file(self) -> Path:
-        return Path(os.path.expanduser(self.ssh.known_hosts or "~/.ssh/known_hosts"))
+        return self._local_path(self.ssh.known_hosts or "~/.ssh/known_hosts")
+
+    def _local_path(self, raw: str) -> Path:
+        """A path on this machine from the profile: ``~`` expanded, relative to the profile's folder."""
+        path = Path(os.path.expanduser(raw))
+        return path if path.is_absolute() else self.profile.path.parent / path
 
     def _host_entry(self) -> str:
         return self.ssh.host if self.ssh.port == 22 else f"[{self.ssh.host}]:{self.ssh.port}"
@@ -340,7 +354,11 @@ def _load_private_key(path: Path) -> paramiko.PKey:
         raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
     except paramiko.PasswordRequiredException:
         raise ValueError(f"{path} is encrypted: set {PASSPHRASE_ENV}") from None
-    except (paramiko.SSHException, ValueError, TypeError) as exc:
+    except TypeError as exc:  # cryptography's way of saying the same of an OpenSSH-format key
+        if "password" in str(exc).lower() and not passphrase:
+            raise ValueError(f"{path} is encrypted: set {PASSPHRASE_ENV}") from None
+        raise ValueError(f"{path} is not a usable private key: {_describe(exc)}") from None
+    except (paramiko.SSHException, ValueError) as exc:
         wrong = f" (is {PASSPHRASE_ENV} right?)" if passphrase else ""
         raise ValueError(f"{path} is not a usable private key{wrong}: {_describe(exc)}") from None
 
