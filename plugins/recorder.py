@@ -41,6 +41,7 @@ class Recorder:
         self.benchmark_files: list[Path] = []
         self.environment: dict[str, object] = {}
         self.report_error: str | None = None
+        self.interrupted = False
         self.worker_facts: list[dict[str, Any]] = []  # on the xdist controller: what each worker learnt
         self._started = False
 
@@ -70,9 +71,10 @@ class Recorder:
         if is_worker(self.config):  # the xdist controller finishes the run and writes the report, once
             publish_to_controller(self.config, self.environment, facts)
             return
-        self.store.finish_run(self.run_id, _now(), int(exitstatus), {**self.environment, **facts})
+        self.interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
         local = [name for name, profile in self.profiles.items() if profile.transport == "local"]
         try:
+            self.store.finish_run(self.run_id, _now(), int(exitstatus), {**self.environment, **facts})
             self.benchmark_files = benchjson.write_run(self.store, self.run_id, self.settings.reports_dir / "benchmarks", local)
             self.report = render_run(self.store, self.run_id, self.settings.reports_dir, self.settings.templates)
         except Exception as exc:  # noqa: BLE001 - the history is safe; say so instead of a traceback
@@ -96,6 +98,9 @@ class Recorder:
             return
         terminalreporter.section("EdgeGate")
         terminalreporter.write_line(f"run {self.run_id}; history: {self.settings.history}")
+        if self.interrupted:
+            terminalreporter.write_line("interrupted: everything measured before the interruption is in the history "
+                                        "and the report; the items not run have no verdict", yellow=True)
         if self.report is not None:
             terminalreporter.write_line(f"report: {self.report}")
             terminalreporter.write_line(f"pytest-benchmark files: {', '.join(map(str, self.benchmark_files))}")

@@ -768,7 +768,9 @@ def _delete_route(subnet: str) -> None:
 
 def _delete_link(link: str) -> None:
     if link in _links():
-        _run(["ip", "link", "delete", link])
+        result = _run(["ip", "link", "delete", link], check=False)
+        if result.returncode != 0 and "Cannot find device" not in result.stderr:  # gone with its netns meanwhile
+            raise DeviceError(f"ip link delete {link} failed ({result.returncode}): {result.stderr.strip()}")
 
 
 def _delete_netns(netns: str) -> None:

@@ -364,13 +364,14 @@ def test_ctrl_c_keeps_every_result_and_writes_the_report(farm, tiny_model_dir: P
     assert "KeyboardInterrupt" in output and "Traceback" not in output, output[-3000:]
 
     metrics, verdicts, runs = history(root)
-    lost = lost_results(metrics, {("intr", "fp32"): CORE, ("intr", "int8"): {"size_mb"}})
+    assert [(v, passed) for d, v, passed, _ in verdicts if d == "intr"] == [("fp32", 1)]
+    local_done = {(d, v): CORE for d, v, _, _ in verdicts if d == "local"}  # if local came first
+    lost = lost_results(metrics, {("intr", "fp32"): CORE, ("intr", "int8"): {"size_mb"}, **local_done})
     assert lost == [], lost
-    assert [(d, v, passed) for d, v, passed, _ in verdicts] == [("intr", "fp32", 1)]  # local never started
     (run_id, exit_status, finished_at), = runs
     assert exit_status == 2 and finished_at is not None
     assert (root / "reports" / "runs" / f"{run_id}.html").exists()
-    assert "EdgeGate" in done.stdout and f"run {run_id}" in done.stdout
+    assert f"run {run_id}" in done.stdout and "interrupted: everything measured before the interruption" in done.stdout
     assert wait_until(lambda: not runner_pids(device.user), 30), "the runner outlived the interrupted run"
     written = [root / "junit.xml", *(root / "reports").rglob("*"), *(root / "device_profiles").iterdir()]
     assert PASSPHRASE not in output
