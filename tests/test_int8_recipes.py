@@ -89,6 +89,7 @@ def test_weight_only_int8_is_closer_to_fp32_than_dynamic(factory: VariantFactory
     weight_only = build(factory, "weight_only")
     nodes = onnx.load(str(weight_only.model)).graph.node
     assert all(a.i == 8 for n in nodes if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits")
+    assert weight_only.manifest["facts"]["quantized_ops"]["Gather (uint8)"] == 1  # the embedding, in 8 bits too
     error_weight_only = np.abs(logits(weight_only.model, ids) - reference).max()
     error_dynamic = np.abs(logits(build(factory, "dyn_keep_down").model, ids) - reference).max()
     assert 0 < error_weight_only < error_dynamic
