@@ -315,6 +315,13 @@ class SshDeviceFarm:
         if state.user:
             _kill_device_processes(state.netns, state.cgroup, state.user)
 
+    def freeze_sshd(self, name: str, frozen: bool = True) -> None:
+        """SIGSTOP (or SIGCONT) the listening sshd: the kernel still accepts TCP connections, but
+        nothing answers on them, like a hung board. Sessions already open are not affected."""
+        state = self._state(name)
+        if state.process is not None:
+            state.process.send_signal(signal.SIGSTOP if frozen else signal.SIGCONT)
+
     def small_disk(self, name: str, folder: str, size_kb: int) -> Path:
         """Mount a ``size_kb`` tmpfs at ``<home>/<folder>``, owned by the device user: a disk
         that fills up (namespaced mode only). It is mounted in sshd's mount namespace (``ip

@@ -240,19 +240,23 @@ def wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
     return condition()
 
 
-def runner_pids(user: str) -> list[int]:
-    """Processes of ``user`` running the on-device runner."""
+def processes_of(user: str) -> dict[int, bytes]:
+    """pid -> command line of every process ``user`` runs."""
     import pwd
 
     uid = pwd.getpwnam(user).pw_uid
-    found = []
+    found = {}
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and entry.stat().st_uid == uid and b"edgegate_runner" in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
+            if entry.name.isdigit() and entry.stat().st_uid == uid:
+                found[int(entry.name)] = (entry / "cmdline").read_bytes()
         except OSError:
             continue
     return found
+
+
+def runner_pids(user: str) -> list[int]:
+    return [pid for pid, command in processes_of(user).items() if b"edgegate_runner" in command]
 
 
 def disk_size_kb(tiny_artifacts: dict) -> int:
@@ -376,3 +380,61 @@ def test_ctrl_c_keeps_every_result_and_writes_the_report(farm, tiny_model_dir: P
     written = [root / "junit.xml", *(root / "reports").rglob("*"), *(root / "device_profiles").iterdir()]
     assert PASSPHRASE not in output
     assert not [path for path in written if path.is_file() and PASSPHRASE.encode() in path.read_bytes()]
+
+
+def test_every_wait_on_a_device_is_bounded_by_its_profile(farm, tmp_path: Path) -> None:
+    """A hung login, a hung command and a stalled upload each end after the profile's timeout."""
+    from edgegate.errors import DeviceUnreachable, TransportError
+    from edgegate.profiles import load_profile
+    from edgegate.transport.ssh import SshTransport
+
+    device = farm.start("hang", rate_mbit=8)  # 1 MB/s: an upload still under way when the link is cut
+    profile = tmp_path / "hang.yaml"
+    profile.write_text(device.profile_yaml().replace("connect_timeout_s: 5", "connect_timeout_s: 1\n  command_timeout_s: 1"
+                                                                               "\n  upload_timeout_s: 2"))
+    transport = SshTransport(load_profile(profile), connect_attempts=2)
+    with pytest.raises(TransportError, match=r"`sleep 30` timed out after 1 s"):
+        transport.run(["sleep", "30"])
+
+    farm.freeze_sshd("hang")
+    began = time.monotonic()
+    with pytest.raises(DeviceUnreachable, match="unreachable after 2 attempts"):
+        SshTransport(load_profile(profile), connect_attempts=2).run(["true"])
+    assert time.monotonic() - began < 20  # two logins of at most 1 s each, and a back-off
+    farm.freeze_sshd("hang", frozen=False)
+
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(8 << 20))
+    failure: list[BaseException] = []
+    upload = threading.Thread(target=lambda: _capture(failure, transport.put, source, f"{device.home}/big.bin"))
+    upload.start()
+    assert wait_until(lambda: any(command.startswith(b"cat\0") for command in processes_of(device.user).values()), 20)
+    farm.link_down("hang")
+    upload.join(timeout=60)
+    assert not upload.is_alive() and failure, "the upload did not end"
+    assert isinstance(failure[0], TransportError)
+    assert "made no progress for 2 s (upload_timeout_s)" in str(failure[0]), failure[0]
+
+
+def _capture(into: list[BaseException], call: Callable[..., object], *args: object) -> None:
+    try:
+        call(*args)
+    except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+        into.append(exc)
+
+
+def test_a_silent_local_runner_is_stopped_after_the_measurement_timeout(tiny_artifacts: dict, tmp_path: Path) -> None:
+    """The local transport's watchdog: a runner that stops reporting is killed, with the reason."""
+    from edgegate.errors import RunnerError
+    from edgegate.profiles import load_profile
+    from edgegate.transport.local import LocalTransport
+
+    profile = tmp_path / "local.yaml"
+    profile.write_text(LOCAL_PROFILE.format(work_dir=tmp_path / "work") + "measurement_timeout_s: 2\n")
+    transport = LocalTransport(load_profile(profile))
+    job = {"model": str(tiny_artifacts["int4"].model), "providers": ["CPUExecutionProvider"], "threads": 1,
+           "power": {"kind": "command", "command": "sleep 4"}, "measurements": {}}  # the meter hangs
+    began = time.monotonic()
+    with pytest.raises(RunnerError, match=r"sent nothing for 2 s \(measurement_timeout_s\) and was stopped"):
+        list(transport.run_job(job, transport.profile.measurement_timeout_s))
+    assert time.monotonic() - began < 30
