@@ -438,3 +438,21 @@ def test_a_silent_local_runner_is_stopped_after_the_measurement_timeout(tiny_art
     with pytest.raises(RunnerError, match=r"sent nothing for 2 s \(measurement_timeout_s\) and was stopped"):
         list(transport.run_job(job, transport.profile.measurement_timeout_s))
     assert time.monotonic() - began < 30
+
+
+def test_the_runner_command_line_quotes_what_the_profile_says(farm, tmp_path: Path) -> None:
+    """A python path with shell metacharacters is one (missing) program, never a second command."""
+    from edgegate.errors import RunnerError
+    from edgegate.profiles import load_profile
+    from edgegate.transport.ssh import SshTransport
+
+    device = farm.start("quote")
+    marker = device.home / "PWNED"
+    profile = tmp_path / "quote.yaml"
+    profile.write_text(device.profile_yaml(python=f"python3; touch {marker}; echo $(touch {marker}2)"))
+    transport = SshTransport(load_profile(profile), connect_attempts=1)
+    transport.ensure_runner()
+    with pytest.raises(RunnerError, match="exited with 127"):
+        list(transport.run_job({"model": "none"}, timeout_s=30))
+    transport.close()
+    assert not marker.exists() and not Path(f"{marker}2").exists()
