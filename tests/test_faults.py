@@ -69,9 +69,34 @@ ssh.SshTransport.put = _damaging_put
 """
 
 
+FARM_PREFIX = "efm"  # + this process's pid in base 36: sessions running side by side get separate farms
+
+
+def farm_prefix() -> str:
+    """This session's farm prefix, after removing the farms of sessions that died."""
+    import pwd
+    import re
+
+    pattern = re.compile(rf"{FARM_PREFIX}([0-9a-z]{{1,5}})-[a-z0-9]+")
+    for user in pwd.getpwall():
+        found = pattern.fullmatch(user.pw_name)
+        if found and not Path(f"/proc/{int(found.group(1), 36)}").exists():
+            sshdevices.remove_leftovers(f"{FARM_PREFIX}{found.group(1)}")
+    return f"{FARM_PREFIX}{base36(os.getpid())}"
+
+
+def base36(number: int) -> str:
+    digits = ""
+    while True:
+        number, digit = divmod(number, 36)
+        digits = "0123456789abcdefghijklmnopqrstuvwxyz"[digit] + digits
+        if number == 0:
+            return digits
+
+
 @pytest.fixture(scope="module")
 def farm(tmp_path_factory: pytest.TempPathFactory):
-    with sshdevices.SshDeviceFarm(tmp_path_factory.mktemp("faults"), prefix="egf") as devices:
+    with sshdevices.SshDeviceFarm(tmp_path_factory.mktemp("faults"), prefix=farm_prefix()) as devices:
         if not devices.uses_namespaces:
             pytest.skip("the fault matrix needs root and `ip netns` (cgroups, veth links, tmpfs); "
                         "this machine gives only loopback devices")
