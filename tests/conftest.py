@@ -8,6 +8,8 @@ import pytest
 from tinymodel import build_tiny_llama
 
 pytest_plugins = ["pytester"]
+# Broken profiles and suites on purpose, read by tests/test_bad_input.py; not suites to collect.
+collect_ignore = ["bad_input"]
 
 LOCAL_PROFILE = """\
 schema: 1
