@@ -8,8 +8,9 @@ ready with `devices setup` and lets the others use its venv (one filesystem). A 
 run on d0 builds the variants into the cache; then, timed: the suite on d0 alone (plain pytest,
 as one runs a single device, and with `-n 1` to show what xdist itself costs), then on all N
 devices (`-n N`, one xdist worker per device). Prints the wall times, the ratios, and from the
-devices' lease logs the seconds each spent measuring and how many devices measured at once. The single device has the same quota as each
-fleet device, so the ratio measures what running side by side costs, not a change of device.
+devices' lease logs the seconds each spent measuring and how many devices measured at once.
+The single device has the same quota as each fleet device, so the ratio measures what running
+side by side costs, not a change of device.
 The goal is a ratio <= 1.2 where the machine has a core per device and some left for the host.
 Needs root and openssh-server; run it alone on a quiet machine.
 """

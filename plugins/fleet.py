@@ -53,7 +53,8 @@ def run_id_for(config: pytest.Config) -> str:
 
 
 def publish_to_controller(config: pytest.Config, environment: dict[str, Any], facts: dict[str, Any]) -> None:
-    config.workeroutput[RUN_OUTPUT] = json.dumps({"environment": environment, "facts": facts}, default=str)  # type: ignore[attr-defined]
+    output: dict[str, str] = config.workeroutput  # type: ignore[attr-defined]
+    output[RUN_OUTPUT] = json.dumps({"environment": environment, "facts": facts}, default=str)
 
 
 def merge_facts(parts: list[dict[str, Any]]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from edgegate.lease import DeviceBusy, Leases, held_intervals, lease_log
 from edgegate.profiles import DeviceProfile, load_profile
 from edgegate.store import HistoryStore, RunInfo
 from edgegate.transport.ssh import SshTransport
+from edgegate_pytest.fleet import device_of
 from edgegate_pytest.options import resolve_devices
 
 PROFILES = Path(__file__).resolve().parent.parent / "device_profiles"
@@ -35,6 +36,13 @@ def test_devices_are_selected_by_name_tag_or_all() -> None:
     assert set(resolve_devices(["all"], PROFILES)) >= {"local", "jetson-nano", "jetson-orin-nano", "raspberry-pi-5"}
     with pytest.raises(ConfigError, match=r"--device: no device profile has tag 'tpu'; tags in use: .*jetson"):
         resolve_devices(["tag:tpu"], PROFILES)
+
+
+def test_the_scheduler_groups_suite_items_by_the_device_in_their_id() -> None:
+    assert device_of("suites/suite_smollm2.yaml::int4[jetson-nano]") == "jetson-nano"
+    assert device_of("suites/suite_smollm2.yaml::int4[jetson-nano]@jetson-nano") == "jetson-nano"  # older pytest
+    assert device_of("tests/test_x.py::test_y[jetson-nano]") is None  # not a suite item: xdist's own rules
+    assert device_of("suites/suite_smollm2.yaml") is None
 
 
 def test_a_tag_matching_nothing_is_a_usage_error(pytester: pytest.Pytester) -> None:
