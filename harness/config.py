@@ -137,7 +137,7 @@ class Fields:
 
     def finish(self) -> None:
         """Complain about keys nobody asked for: a typo must not be silently ignored."""
-        unknown = sorted((str(key) for key in set(self.data) - self._seen))
+        unknown = sorted(str(key) for key in set(self.data) - self._seen)
         if unknown:
             raise ConfigError(self.path, self.name(unknown[0]), f"unknown key (known here: {', '.join(sorted(self._seen))})")
 

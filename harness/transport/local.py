@@ -33,7 +33,7 @@ class LocalTransport:
     def run(self, argv: Sequence[str], timeout_s: float | None = None, stdin: bytes | None = None,
             check: bool = False) -> CommandResult:
         try:
-            done = subprocess.run(list(argv), input=stdin, capture_output=True, timeout=timeout_s)
+            done = subprocess.run(list(argv), input=stdin, capture_output=True, timeout=timeout_s, check=False)
         except subprocess.TimeoutExpired:
             raise TransportError(f"`{' '.join(argv)[:120]}` timed out after {timeout_s:.0f} s") from None
         except OSError as exc:

@@ -190,7 +190,7 @@ class SshTransport:
             channel.shutdown_write()
             stdout, stderr = _drain(channel)
             status = _exit_status(channel, timeout_s or self.command_timeout_s)
-        except socket.timeout:
+        except TimeoutError:
             self._drop()  # the device or its link may be gone: the next command reconnects
             raise TransportError(f"device {self.profile.name}: `{command[:120]}` timed out after "
                                  f"{timeout_s or self.command_timeout_s:.0f} s") from None
@@ -230,7 +230,7 @@ class SshTransport:
             yield from parse_events(channel.makefile("rb"))
             stderr = _read_all(channel.makefile_stderr("rb"))
             status = _exit_status(channel, timeout_s)
-        except socket.timeout:
+        except TimeoutError:
             self._drop()  # a device silent this long: do not reuse the connection
             raise RunnerError(f"runner on {self.profile.name} sent nothing for {timeout_s:.0f} s "
                               f"(measurement_timeout_s): the device or its link stopped answering") from None
@@ -282,7 +282,7 @@ class SshTransport:
             stalled = not _send_file(channel, local, remote, watchdog.restart)
             if not stalled and not watchdog.fired:
                 status, stderr = _finish(channel, stall_s)
-        except socket.timeout:
+        except TimeoutError:
             stalled = True
         finally:
             watchdog.stop()
@@ -364,9 +364,9 @@ def _load_private_key(path: Path) -> paramiko.PKey:
 
 
 def _exit_status(channel: paramiko.Channel, timeout_s: float) -> int:
-    """The command's exit status, -1 when the channel closed without one; socket.timeout if none comes."""
+    """The command's exit status, -1 when the channel closed without one; TimeoutError if none comes."""
     if not channel.status_event.wait(timeout_s):
-        raise socket.timeout()
+        raise TimeoutError()
     return int(channel.exit_status)
 
 
@@ -384,7 +384,7 @@ def _send_file(channel: paramiko.Channel, local: Path, remote: str, progress: Ca
                 channel.sendall(block)
                 progress()
         channel.shutdown_write()
-    except socket.timeout:
+    except TimeoutError:
         return False
     except (OSError, EOFError, paramiko.SSHException):
         pass  # the remote end stopped reading (a full disk), or the connection closed: the status says which
@@ -392,7 +392,7 @@ def _send_file(channel: paramiko.Channel, local: Path, remote: str, progress: Ca
 
 
 def _finish(channel: paramiko.Channel, timeout_s: float) -> tuple[int, str]:
-    """Exit status and stderr of a channel whose command has been fed; socket.timeout if no status comes."""
+    """Exit status and stderr of a channel whose command has been fed; TimeoutError if no status comes."""
     status = _exit_status(channel, timeout_s)
     return status, _read_all(channel.makefile_stderr("rb")).decode(errors="replace")
 
