@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
 from ..suites import load_suite
 from ..variants.cache import MANIFEST
 from ..variants.factory import VariantFactory
@@ -40,6 +41,10 @@ def build(args: argparse.Namespace, out: Callable[[str], None] = print) -> int:
     suite = load_suite(args.suite)
     factory = VariantFactory(suite, args.cache, log=lambda line: out(f"  {line}"))
     names = args.only or [v.name for v in suite.variants]
+    unknown = [name for name in names if name not in {v.name for v in suite.variants}]
+    if unknown:
+        raise ConfigError(args.suite, "variants", f"no variant {unknown[0]!r}; the suite has "
+                                                  f"{', '.join(v.name for v in suite.variants)}")
     rows = []
     for name in names:
         started = time.perf_counter()

@@ -78,6 +78,7 @@ class VariantFactory:
         unknown = set(given) - set(recipe.DEFAULTS)
         if unknown:
             raise BuildError(f"recipe {recipe_name!r} has no parameter {sorted(unknown)[0]!r}; it takes {', '.join(recipe.DEFAULTS) or 'none'}")
+        _check_param_types(self.suite.path, params_field, recipe.DEFAULTS, given)
         params = {**recipe.DEFAULTS, **given}
         if parent_key is not None and recipe.PARENT is None:
             raise BuildError(f"recipe {recipe_name!r} builds from the base model and takes no parent")
@@ -147,3 +148,21 @@ class VariantFactory:
             "build_seconds": round(seconds, 2),
             "facts": facts,
         }
+
+
+def _check_param_types(suite_file: Path, params_field: str, defaults: dict[str, Any], given: dict[str, Any]) -> None:
+    """A parameter whose default is a number or a flag must be one too (and positive when its
+    default is): caught here with file and field, not deep in a quantizer as a traceback."""
+    for key, value in given.items():
+        default = defaults[key]
+        if isinstance(default, bool):
+            wrong = not isinstance(value, bool)
+            wanted = "true or false"
+        elif isinstance(default, (int, float)):
+            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+            wrong = not numeric or (isinstance(default, int) and not isinstance(value, int)) or (default > 0 and value <= 0)
+            wanted = f"a{' positive' if default > 0 else ''} {'whole number' if isinstance(default, int) else 'number'}"
+        else:
+            continue
+        if wrong:
+            raise ConfigError(suite_file, f"{params_field}.{key}", f"must be {wanted} (default {default!r}), got {value!r}")
