@@ -1,7 +1,7 @@
 """The suite's ONNX variants against llama.cpp on the same GGUF weights, side by side in one run.
 
     python bench/bench_llamacpp.py [--suite suites/suite_smollm2.yaml] [--variants int8,int4]
-                                   [--rounds 3] [--threads 2]
+                                   [--rounds 3] [--threads 2] [--model NAME=PATH/model.onnx ...]
 
 Needs the ``bench`` extra (llama-cpp-python) and the variants already built (``edgegate variants
 build SUITE``); a variant not in the cache is skipped, never built. Each engine runs in its own
@@ -81,6 +81,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--decode-tokens", type=int, default=64)
+    parser.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
+                        help="also measure this model.onnx (a tokenizer.json beside it) under NAME (repeatable)")
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("EDGEGATE_CACHE_DIR") or Path.home() / ".cache" / "edgegate"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args()
@@ -98,8 +100,9 @@ def plan_engines(args: argparse.Namespace) -> list[Engine]:
     llama_ids = llama_prompt_ids(str(gguf_file), args.prompt_tokens)
     engines = [Engine("llama.cpp", "llama_cpp", str(gguf_file), llama_ids, gguf_bytes_per_token(str(gguf_file)),
                       args.threads, args.decode_tokens)]
-    for name in args.variants.split(","):
-        folder = built_variant(suite, args.cache, name)
+    folders = [(name, built_variant(suite, args.cache, name)) for name in filter(None, args.variants.split(","))]
+    folders += [(name, Path(path).parent) for name, path in (entry.split("=", 1) for entry in args.model)]
+    for name, folder in folders:
         if folder is None:
             continue
         onnx_ids = onnx_prompt_ids(folder / "tokenizer.json", args.prompt_tokens)
