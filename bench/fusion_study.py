@@ -2,7 +2,7 @@
 they do to decode time and logits? A study, not wired into the build.
 
     python bench/fusion_study.py [--suite suites/suite_smollm2.yaml] [--variant int8]
-                                 [--model-type gpt2] [--steps 32] [--rounds 3]
+                                 [--model PATH/model.onnx] [--model-type gpt2] [--steps 32] [--rounds 3]
 
 Runs ``optimize_model`` (python fusions only, opt_level 0; onnxruntime's own level-99 passes
 still run when the session loads, as they do for the original) on the built variant, counts
@@ -37,7 +37,7 @@ def main() -> None:
     args = parse_args()
     from edgegate.suites import load_suite
 
-    folder = built_variant(load_suite(args.suite), args.cache, args.variant)
+    folder = args.model.parent if args.model else built_variant(load_suite(args.suite), args.cache, args.variant)
     if folder is None:
         raise SystemExit(1)
     original = folder / "model.onnx"
@@ -56,6 +56,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", type=Path, default=Path(__file__).resolve().parent.parent / "suites" / "suite_smollm2.yaml")
     parser.add_argument("--variant", default="int8")
+    parser.add_argument("--model", type=Path, help="study this model.onnx instead of the suite's variant")
     parser.add_argument("--model-type", default="gpt2")
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
