@@ -124,11 +124,13 @@ def built_variant(suite: Any, cache_root: Path, name: str) -> Path | None:
     except KeyError:
         print(f"{name}: the suite has no such variant; skipped")
         return None
-    key, folder = factory.planned(variant)
+    _, folder = factory.planned(variant)
     if read_manifest(folder) is None:
         print(f"{name}: not built ({folder.name} not in the cache); skipped - run `edgegate variants build`")
         return None
-    return factory.artifact(variant).folder  # finds the built folder; builds nothing
+    # Not factory.artifact(): for a recipe with a parent it first finds or BUILDS the parent (the fp32
+    # export, minutes), even when the variant itself is in the cache.
+    return folder
 
 
 def llama_prompt_ids(gguf_file: str, count: int) -> tuple[int, ...]:
@@ -162,7 +164,6 @@ def gguf_bytes_per_token(gguf_file: str) -> int:
 
 def onnx_bytes_per_token(model: Path) -> int:
     import onnx
-
     from edgegate.variants.graph_passes import weight_bytes_per_token
 
     return weight_bytes_per_token(onnx.load(str(model)))

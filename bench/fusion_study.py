@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_llamacpp import built_variant  # noqa: E402
-from profile_decode import prompt_for, session_for  # noqa: E402
+from bench_llamacpp import built_variant
+from profile_decode import prompt_for, session_for
 
 FUSED_OPS = ("SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "RotaryEmbedding",
              "MultiHeadAttention", "GroupQueryAttention", "Attention", "FusedMatMul", "SkipLayerNormalization")

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_llamacpp import PROMPT_TEXT, built_variant, onnx_prompt_ids  # noqa: E402
+from bench_llamacpp import built_variant, onnx_prompt_ids
 
 CATEGORIES = {
     "MatMulNBits": "weight matmuls", "MatMul": "attention (QK, PV)", "Softmax": "attention (QK, PV)",
