@@ -43,6 +43,8 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.option.collectonly:  # nothing will be measured: no run, no report
+        return
     suites = sorted({str(item.suite.path) for item in items if isinstance(item, VariantItem)})
     if suites or RECORDER_KEY in config.stash:  # a Python suite may have asked for the run through a fixture
         recorder(config).start(suites)
