@@ -282,6 +282,9 @@ def print_table(engines: list[Engine], results: dict[str, list[dict[str, Any]]],
                           f"{row['decode_tok_s']:.1f}", f"{row['peak_rss_mb']:.0f}", f"{row['load_s']:.2f}",
                           f"{engine.weight_bytes_per_token / 1e6:.1f}", f"{row['ceiling_tok_s']:.0f}",
                           f"{row['decode_tok_s'] / row['ceiling_tok_s']:.0%}", f"{ratio:.2f}", agree]))
+    for engine in engines:  # contention from other work shows as one slow round
+        rounds = ", ".join(f"{engine.decode_tokens / run['decode_s']:.1f}" for run in results[engine.name])
+        print(f"{engine.name} decode tok/s by round: {rounds}")
     for engine in engines[1:]:
         prefill = rows[engine.name]["prefill_tok_s"] / rows[reference.name]["prefill_tok_s"]
         print(f"{engine.name} / llama.cpp: decode {rows[engine.name]['decode_tok_s'] / rows[reference.name]['decode_tok_s']:.2f}x, "
