@@ -43,8 +43,10 @@ def main() -> None:
     for index in range(max(args.aa + 1, args.as_)):
         if index <= args.aa:
             a_jobs.append(measure(transport, model, 0.0))
+            progress("A", index, a_jobs[-1], started)
         if index < args.as_:
             s_jobs.append(measure(transport, model, args.slowdown))
+            progress("S", index, s_jobs[-1], started)
     print(f"model {model.parent.name}; {len(a_jobs)} A jobs and {len(s_jobs)} S jobs (+{args.slowdown:.0%}) "
           f"in {time.perf_counter() - started:.0f} s")
     report_night_to_night(a_jobs, s_jobs, args.slowdown)
@@ -84,6 +86,12 @@ def measure(transport: LocalTransport, model: Path, slowdown: float) -> dict[str
     found = {e["name"]: e["samples"] for e in transport.run_job(job, timeout_s=600) if e.get("event") == "metric"
              and e.get("name") in ("decode_ms", "decode_vs_baseline")}
     return found
+
+
+def progress(kind: str, index: int, job: dict[str, list[float]], started: float) -> None:
+    """One line per job as it ends: a long run that is stopped still leaves its data."""
+    print(f"{kind}{index} decode_ms median {np.median(job['decode_ms']):.2f}, decode_vs_baseline rounds "
+          f"{' '.join(f'{r:.3f}' for r in job['decode_vs_baseline'])} ({time.perf_counter() - started:.0f} s)", flush=True)
 
 
 def report_night_to_night(a_jobs: list[dict], s_jobs: list[dict], slowdown: float) -> None:
