@@ -30,6 +30,7 @@ from edgegate import evaldata
 from edgegate.runner.backends import OnnxRuntimeBackend
 from edgegate.runner.measure import _kl_per_position, _window_logprobs
 from edgegate.suites import load_suite
+from edgegate.variants.recipes.int8_static import _feed
 from edgegate.variants.factory import VariantFactory
 
 KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
@@ -76,14 +77,6 @@ def with_recipe(fp32: Path, out: Path, recipe: str, **params: object) -> None:
                               log=lambda line: print(f"    {line}", flush=True)))
 
 
-def calibration_feed(window: list[int], past_inputs: dict[str, tuple[int, int]]) -> dict[str, np.ndarray]:
-    ids = np.asarray([window], dtype=np.int64)
-    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-    for name, (heads, dim) in past_inputs.items():
-        feed[name] = np.zeros((1, heads, 0, dim), dtype=np.float32)
-    return feed
-
-
 def activation_peaks(fp32: Path, window: list[int], names_by_kind: dict[str, list[str]]) -> dict[str, float]:
     """Median over layers of max|x| / p99.9|x| for the activations entering each projection kind."""
     import onnx
@@ -99,7 +92,7 @@ def activation_peaks(fp32: Path, window: list[int], names_by_kind: dict[str, lis
         onnx.save_model(model, str(path), save_as_external_data=True)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         past = {i.name: (int(i.shape[1]), int(i.shape[3])) for i in session.get_inputs() if i.name.startswith("past_")}
-        values = session.run(list(wanted), calibration_feed(window, past))
+        values = session.run(list(wanted), _feed(window, past))
     ratios: dict[str, list[float]] = {}
     for (tensor, kind), value in zip(wanted.items(), values):
         magnitude = np.abs(value.astype(np.float32)).ravel()
