@@ -54,6 +54,7 @@ class Engine:
     weight_bytes_per_token: int
     threads: int
     decode_tokens: int
+    backend: str = "onnxruntime"  # the runner backend the harness would use (see session.decoder_backend)
 
 
 def main() -> None:
@@ -109,8 +110,18 @@ def plan_engines(args: argparse.Namespace) -> list[Engine]:
         same = sum(a == b for a, b in zip(onnx_ids, llama_ids))
         print(f"{name}: prompt token ids equal to the GGUF tokenizer's at {same}/{len(llama_ids)} positions")
         engines.append(Engine(name, "onnxruntime", str(folder / "model.onnx"), onnx_ids,
-                              onnx_bytes_per_token(folder / "model.onnx"), args.threads, args.decode_tokens))
+                              onnx_bytes_per_token(folder / "model.onnx"), args.threads, args.decode_tokens,
+                              runner_backend(folder)))
     return engines
+
+
+def runner_backend(folder: Path) -> str:
+    from edgegate.session import decoder_backend
+    from edgegate.variants.cache import read_manifest
+    from edgegate.variants.factory import Artifact
+
+    manifest = read_manifest(folder) or {}
+    return decoder_backend(Artifact(manifest.get("recipe", ""), manifest.get("key", ""), folder, manifest))
 
 
 def built_variant(suite: Any, cache_root: Path, name: str) -> Path | None:
@@ -235,12 +246,13 @@ class LlamaCppRunner:
 
 
 class OnnxRunner:
-    """The runner's own onnxruntime backend (``OnnxRuntimeBackend.step``)."""
+    """The runner's own onnxruntime backend, the one the harness picks for this graph: ``step`` of
+    ``OnnxRuntimeBackend``, or of ``KvBufferBackend`` (KV cache in place) for a fused_decoder graph."""
 
     def __init__(self, engine: Engine) -> None:
-        from edgegate.runner.backends import OnnxRuntimeBackend
+        from edgegate.runner.backends import BACKENDS
 
-        self.backend = OnnxRuntimeBackend(engine.model, ["CPUExecutionProvider"], engine.threads)
+        self.backend = BACKENDS[engine.backend](engine.model, ["CPUExecutionProvider"], engine.threads)
         self.past: Any = None
         self.past_len = 0
 

@@ -5,7 +5,7 @@
 
 For each variant (built already; a missing one is skipped) a session with ``enable_profiling``
 prefills a 64-token prompt, then decodes ``--steps`` greedy tokens, feeding the graph as the
-runner's backend does. The profile's ``model_run`` events are the steps; the kernel events inside
+runner does, through the backend the harness picks for the graph (KV cache in place for fused_decoder graphs). The profile's ``model_run`` events are the steps; the kernel events inside
 each decode step are summed by op type. "share" is of the whole step (the model_run span), so the
 rest, "outside kernels", is onnxruntime's own per-run work: feeds, allocations, output copies.
 The first decode step is left out (warm-up).
@@ -25,13 +25,15 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_llamacpp import built_variant, onnx_prompt_ids
+from bench_llamacpp import built_variant, onnx_prompt_ids, runner_backend
+from edgegate.runner.backends import BACKENDS
 
 CATEGORIES = {
     "MatMulNBits": "weight matmuls", "MatMul": "attention (QK, PV)", "Softmax": "attention (QK, PV)",
     "Concat": "KV concat / rotary", "Transpose": "layout", "Reshape": "layout", "Expand": "attention (GQA expand)",
     "Pow": "RMS norm", "ReduceMean": "RMS norm", "Sqrt": "RMS norm", "Reciprocal": "RMS norm", "Div": "RMS norm",
     "SimplifiedLayerNormalization": "RMS norm", "SkipSimplifiedLayerNormalization": "RMS norm",
+    "GroupQueryAttention": "attention (fused GQA: rotary, KV append, softmax)",
     "Sigmoid": "SiLU", "Neg": "rotary", "Slice": "rotary", "GatherBlockQuantized": "embedding", "Gather": "embedding",
 }
 
@@ -39,7 +41,8 @@ CATEGORIES = {
 def main() -> None:
     args = parse_args()
     for name, model in models(args):
-        plain_ms = float(np.median(greedy_decode(session_for(model, args.threads, None), prompt_for(model, args.prompt_tokens), args.steps)[2:]))
+        plain = BACKENDS[runner_backend(model.parent)](str(model), ["CPUExecutionProvider"], args.threads)
+        plain_ms = float(np.median(greedy_decode(plain, prompt_for(model, args.prompt_tokens), args.steps)[2:]))
         steps, by_op, nodes = profile(model, args.steps, args.threads, args.prompt_tokens)
         print_profile(name, steps, by_op, nodes, args.top)
         print(f"without the profiler: median {plain_ms:.2f} ms/step ({1e3 / plain_ms:.1f} tok/s); the profiler's own cost "
@@ -71,17 +74,6 @@ def models(args: argparse.Namespace) -> list[tuple[str, Path]]:
     return found + [(str(path), path) for path in args.model]
 
 
-def session_for(model: Path, threads: int, profile_prefix: str | None) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    if profile_prefix:
-        options.enable_profiling = True
-        options.profile_file_prefix = profile_prefix
-    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-
-
 def prompt_for(model: Path, prompt_tokens: int) -> list[int]:
     tokenizer = model.parent / "tokenizer.json"
     return list(onnx_prompt_ids(tokenizer, prompt_tokens)) if tokenizer.is_file() else list(range(100, 100 + prompt_tokens))
@@ -92,9 +84,10 @@ def profile(model: Path, steps: int, threads: int, prompt_tokens: int
     """(ms of each decode step, op type -> kernel ms in each step, op type -> kernels run per step);
     the prefill and the first decode step are left out."""
     with tempfile.TemporaryDirectory() as scratch:
-        session = session_for(model, threads, str(Path(scratch) / "decode"))
-        greedy_decode(session, prompt_for(model, prompt_tokens), steps)
-        events = json.loads(Path(session.end_profiling()).read_text())
+        backend = BACKENDS[runner_backend(model.parent)](str(model), ["CPUExecutionProvider"], threads,
+                                                          profile_prefix=str(Path(scratch) / "decode"))
+        greedy_decode(backend, prompt_for(model, prompt_tokens), steps)
+        events = json.loads(Path(backend.session.end_profiling()).read_text())
     runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])[2:]
     by_op: dict[str, list[float]] = defaultdict(lambda: [0.0] * len(runs))
     nodes: dict[str, int] = defaultdict(int)
@@ -117,25 +110,16 @@ def _run_index(starts: list[float], runs: list[dict[str, Any]], ts: float) -> in
     return index
 
 
-def greedy_decode(session: Any, prompt: list[int], steps: int) -> list[float]:
-    """Prefill then ``steps`` greedy tokens, with the feeds the runner's OnnxRuntimeBackend builds;
-    the ms of each ``session.run``, prefill first."""
-    import time
-
-    inputs = {i.name: i for i in session.get_inputs()}
-    past_names = [name for name in inputs if name.startswith("past_key_values.")]
-    present_names = [o.name for o in session.get_outputs() if o.name.startswith("present.")]
-    dtype = np.float16 if past_names and inputs[past_names[0]].type == "tensor(float16)" else np.float32
-    past = {name: np.zeros((1, int(inputs[name].shape[1]), 0, int(inputs[name].shape[3])), dtype=dtype) for name in past_names}
-    ids, length, times = np.asarray([prompt], dtype=np.int64), 0, []
-    for _ in range(steps + 1):
-        feeds = {**past, "input_ids": ids, "attention_mask": np.ones((1, length + ids.shape[1]), dtype=np.int64)}
-        begin = time.perf_counter()
-        logits, *presents = session.run(["logits", *present_names], feeds)
-        times.append((time.perf_counter() - begin) * 1e3)
-        length += ids.shape[1]
-        past = dict(zip(past_names, presents))
-        ids = np.asarray([[int(np.argmax(logits[0, -1]))]], dtype=np.int64)
+def greedy_decode(backend: Any, prompt: list[int], steps: int) -> list[float]:
+    """Prefill then ``steps`` greedy tokens through the runner backend's ``step``; the ms of each
+    call, prefill first."""
+    logits, past, elapsed_ns = backend.step(np.asarray([prompt], dtype=np.int64), backend.empty_past(), 0)
+    length, times = len(prompt), [elapsed_ns / 1e6]
+    for _ in range(steps):
+        next_id = np.asarray([[int(np.argmax(logits[0, -1]))]], dtype=np.int64)
+        logits, past, elapsed_ns = backend.step(next_id, past, length)
+        times.append(elapsed_ns / 1e6)
+        length += 1
     return times
 
 

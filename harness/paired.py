@@ -4,7 +4,8 @@ Between two nights, the same build's decode median on a shared 2-core runner mov
 30% (bench/bench_gate.py), so a night-to-night limit must be loose. When tonight's build of a
 variant differs from the baseline run's (a recipe, a tool or the base model changed), the
 baseline's artifact is still in the content-addressed cache: it is staged next to tonight's and
-the runner decodes with both in one process, alternating, so both see the same machine. The
+the runner decodes with both in one process, interleaving their steps one by one, so both see
+the same machine. The
 ratio of the two (``decode_vs_baseline``) is then judged tightly (+3% by default).
 """
 
@@ -20,8 +21,8 @@ from .transport import Transport
 from .variants.cache import read_manifest
 from .variants.factory import Artifact
 
-ROUNDS = 12  # alternated rounds; the Wilcoxon test's smallest one-sided p is then 1/4096
-TOKENS = 16  # per round and build: 12 x 2 x 16 steps, about 12 s for SmolLM2 on two cores
+ROUNDS = 12  # rounds, one ratio each; the Wilcoxon test's smallest one-sided p is then 1/4096
+TOKENS = 16  # interleaved steps per round and build: 12 x 2 x 16 steps, about 15 s for SmolLM2 on two cores
 WARMUP = 1
 
 

@@ -286,7 +286,7 @@ class RunSession:
             if reference is not None and "perplexity" in reference.metrics:
                 accuracy["reference_logprobs"] = logprobs_path
         return {
-            **_runtime_fields(device, "onnxruntime"),
+            **_runtime_fields(device, decoder_backend(artifact)),
             "measurements": {
                 "prefill": {"prompt_ids": list(text.prompt_ids), **_stop_fields(suite.prefill)},
                 "decode": {"prompt_ids": list(text.prompt_ids[: suite.decode.prompt_tokens]),
@@ -351,6 +351,12 @@ def _metric(event: dict[str, Any]) -> MetricResult:
     if value is not None and not math.isfinite(float(value)):
         return MetricResult(event["name"], None, event.get("unit", ""), samples, f"not a finite number: {value}")
     return MetricResult(event["name"], value, event.get("unit", ""), samples, event.get("note"), summary)
+
+
+def decoder_backend(artifact: Artifact) -> str:
+    """The runner backend for a decoder: graphs with GroupQueryAttention keep their KV cache in place."""
+    fused = artifact.manifest.get("facts", {}).get("fused_ops", {})
+    return "onnxruntime_kv_buffer" if fused.get("GroupQueryAttention") else "onnxruntime"
 
 
 def _runtime_fields(device: DeviceProfile, backend: str) -> dict[str, Any]:

@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from edgegate.errors import BuildError
 from edgegate.suites import load_suite
 from edgegate.variants.factory import VariantFactory
@@ -43,3 +42,33 @@ def test_unknown_recipe_parameter_is_refused(tiny_suite_file: Path, shared_cache
     wrong = dataclasses.replace(suite.variant("int4"), params={"blocksize": 16})
     with pytest.raises(BuildError, match="has no parameter 'blocksize'; it takes block_size"):
         VariantFactory(suite, shared_cache).artifact(wrong)
+
+
+def _slow_build(out: Path, log: Path) -> dict:
+    with open(log, "a") as calls:
+        calls.write("built\n")
+    time.sleep(0.5)
+    (out / "model.onnx").write_bytes(b"not really a model")
+    return {"recipe": "test"}
+
+
+def _build_in_child(folder: str, log: str) -> None:
+    from edgegate.variants.cache import build_once
+
+    build_once(Path(folder), lambda out: _slow_build(out, Path(log)))
+
+
+def test_concurrent_builds_of_one_variant_build_it_once(tmp_path: Path) -> None:
+    """xdist workers on a cold cache ask for the same variant at once: one builds, the others wait."""
+    import multiprocessing
+
+    folder, log = tmp_path / "variants" / "test-0123", tmp_path / "calls.log"
+    context = multiprocessing.get_context("fork")
+    children = [context.Process(target=_build_in_child, args=(str(folder), str(log))) for _ in range(3)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(30)
+    assert [child.exitcode for child in children] == [0, 0, 0]
+    assert log.read_text().count("built") == 1
+    assert (folder / "manifest.json").is_file()

@@ -24,7 +24,8 @@ class CausalLMBackend(Protocol):
 class OnnxRuntimeBackend:
     """onnxruntime with the graph layout that EdgeGate's exporter writes."""
 
-    def __init__(self, model_path: str, providers: list[str], threads: int, slowdown: float = 0.0) -> None:
+    def __init__(self, model_path: str, providers: list[str], threads: int, slowdown: float = 0.0,
+                 profile_prefix: str | None = None) -> None:
         import onnxruntime as ort
 
         self.slowdown = slowdown  # fault injection for testing the gate: sleep this share of each call
@@ -32,6 +33,9 @@ class OnnxRuntimeBackend:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        if profile_prefix:  # onnxruntime's own per-kernel profile (bench/profile_decode.py)
+            options.enable_profiling = True
+            options.profile_file_prefix = profile_prefix
         available = ort.get_available_providers()
         missing = [p for p in providers if p not in available]
         if missing:
@@ -39,9 +43,10 @@ class OnnxRuntimeBackend:
         self.session = ort.InferenceSession(model_path, options, providers=providers)
         self._options = options
         self._past_names = [i.name for i in self.session.get_inputs() if i.name.startswith("past_key_values.")]
-        self._present_names = [o.name for o in self.session.get_outputs() if o.name.startswith("present.")]
+        self._present_names = [name.replace("past_key_values.", "present.", 1) for name in self._past_names]
         self._past_shapes = {i.name: i.shape for i in self.session.get_inputs()}
-        self._past_dtype = _numpy_dtype(self.session.get_inputs()[2].type) if self._past_names else np.float32
+        types = {i.name: i.type for i in self.session.get_inputs()}
+        self._past_dtype = _numpy_dtype(types[self._past_names[0]]) if self._past_names else np.float32
 
     def empty_past(self) -> dict[str, np.ndarray]:
         past = {}
@@ -100,8 +105,112 @@ class OnnxEncoderBackend(OnnxRuntimeBackend):
         return embeddings, time.perf_counter_ns() - start
 
 
+class KvBuffer:
+    """One decode's KV cache for ``KvBufferBackend``: a buffer of ``capacity`` positions per
+    past input, each wrapped once in an OrtValue that shares the array's memory."""
+
+    def __init__(self, shapes: dict[str, tuple[int, int]], capacity: int, dtype: Any) -> None:
+        import onnxruntime as ort
+
+        self.capacity = capacity
+        self.arrays = {name: np.zeros((1, heads, capacity, dim), dtype=dtype) for name, (heads, dim) in shapes.items()}
+        self.values = {name: ort.OrtValue.ortvalue_from_numpy(array) for name, array in self.arrays.items()}
+
+    def grown(self, needed: int) -> KvBuffer:
+        """A copy with room for ``needed`` positions (capacity doubled until it fits)."""
+        capacity = self.capacity
+        while capacity < needed:
+            capacity *= 2
+        shapes = {name: (a.shape[1], a.shape[3]) for name, a in self.arrays.items()}
+        bigger = KvBuffer(shapes, capacity, next(iter(self.arrays.values())).dtype)
+        for name, array in self.arrays.items():
+            bigger.arrays[name][:, :, : self.capacity] = array
+        return bigger
+
+
+class KvBufferBackend(OnnxRuntimeBackend):
+    """A decoder whose attention is onnxruntime's GroupQueryAttention (the fused_decoder recipe),
+    driven without copies.
+
+    Each layer's past key and value live in one buffer of ``capacity`` positions, bound through
+    IO binding as both the op's past input and its present output: GroupQueryAttention sees the
+    same memory on both sides and appends the new positions in place, so a decode step copies
+    nothing but the token id. A one-token step writes its logits into a pre-allocated array,
+    which stays valid until the next step of this backend.
+    """
+
+    CAPACITY = 512  # positions per buffer at first; a longer sequence doubles it once (one copy)
+
+    def __init__(self, model_path: str, providers: list[str], threads: int, slowdown: float = 0.0,
+                 profile_prefix: str | None = None) -> None:
+        import onnxruntime as ort
+
+        super().__init__(model_path, providers, threads, slowdown, profile_prefix)
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        self._kv_shapes = {n: _heads_and_dim(inputs[n].shape, model_path) for n in self._past_names}
+        self._takes_positions = "position_ids" in inputs
+        logits = next(o for o in self.session.get_outputs() if o.name == "logits")
+        self._logits = np.empty((1, 1, int(logits.shape[-1])), dtype=_numpy_dtype(logits.type))
+        self._logits_value = ort.OrtValue.ortvalue_from_numpy(self._logits)
+        self._mask = np.ones((1, self.CAPACITY), dtype=np.int64)
+        self._binding = self.session.io_binding()
+
+    def empty_past(self) -> KvBuffer:
+        return KvBuffer(self._kv_shapes, self.CAPACITY, self._past_dtype)
+
+    def step(self, input_ids: np.ndarray, past: KvBuffer, past_len: int) -> tuple[np.ndarray, KvBuffer, int]:
+        total = past_len + input_ids.shape[1]
+        if total > past.capacity:
+            past = past.grown(total)
+        if total > self._mask.shape[1]:
+            self._mask = np.ones((1, past.capacity), dtype=np.int64)
+        self._bind(input_ids, past, past_len, total)
+        start = time.perf_counter_ns()
+        self.session.run_with_iobinding(self._binding)
+        if self.slowdown:
+            time.sleep((time.perf_counter_ns() - start) * self.slowdown / 1e9)
+        elapsed_ns = time.perf_counter_ns() - start
+        logits = self._logits if input_ids.shape[1] == 1 else self._binding.get_outputs()[0].numpy()
+        return logits, past, elapsed_ns
+
+    def _bind(self, input_ids: np.ndarray, past: KvBuffer, past_len: int, total: int) -> None:
+        binding = self._binding
+        fed = {"input_ids": np.ascontiguousarray(input_ids, dtype=np.int64), "attention_mask": self._mask[:, :total]}
+        if self._takes_positions:
+            fed["position_ids"] = np.arange(past_len, total, dtype=np.int64)[None, :]
+        for name, array in fed.items():
+            binding.bind_cpu_input(name, array)
+        self._fed = fed  # alive until the run has read them
+        if input_ids.shape[1] == 1:  # logits first: get_outputs() lists outputs in binding order
+            binding.bind_ortvalue_output("logits", self._logits_value)
+        else:
+            binding.bind_output("logits", "cpu")
+        for past_name, present_name in zip(self._past_names, self._present_names):
+            binding.bind_ortvalue_input(past_name, past.values[past_name])
+            binding.bind_ortvalue_output(present_name, past.values[past_name])
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "kv_cache": f"in place: GroupQueryAttention past = present buffer, "
+                                                  f"{self.CAPACITY} positions to start, IO binding"}
+
+
+def _heads_and_dim(shape: list[Any], model_path: str) -> tuple[int, int]:
+    """KV heads and head size of a past input [batch, heads, past, head_size]; the model builder
+    leaves head_size symbolic in the graph and writes it to genai_config.json beside it."""
+    heads, dim = shape[1], shape[3]
+    if not isinstance(dim, int):
+        import json
+        import os
+
+        config = os.path.join(os.path.dirname(model_path), "genai_config.json")
+        with open(config, encoding="utf-8") as file:
+            dim = json.load(file)["model"]["decoder"]["head_size"]
+    return int(heads), int(dim)
+
+
 def _numpy_dtype(onnx_type: str) -> Any:
     return {"tensor(float16)": np.float16, "tensor(float)": np.float32}.get(onnx_type, np.float32)
 
 
-BACKENDS = {"onnxruntime": OnnxRuntimeBackend, "onnxruntime_encoder": OnnxEncoderBackend}
+BACKENDS = {"onnxruntime": OnnxRuntimeBackend, "onnxruntime_kv_buffer": KvBufferBackend,
+            "onnxruntime_encoder": OnnxEncoderBackend}

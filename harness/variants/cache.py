@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import inspect
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -79,6 +80,20 @@ def build_once(folder: Path, build: Callable[[Path], dict[str, Any]]) -> dict[st
     if existing is not None:
         return existing
     folder.parent.mkdir(parents=True, exist_ok=True)
+    with _build_lock(folder):  # xdist workers on a cold cache: one builds, the others wait and reuse
+        return read_manifest(folder) or _build(folder, build)
+
+
+@contextlib.contextmanager
+def _build_lock(folder: Path) -> Iterator[None]:
+    import fcntl
+
+    with open(folder.with_name(f"{folder.name}.lock"), "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        yield
+
+
+def _build(folder: Path, build: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
     scratch = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir()

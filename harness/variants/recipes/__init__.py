@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import (bring_your_own, distill, export_fp32, fp16, import_student, int4_weight_only, int8_dynamic,
+from . import (bring_your_own, distill, export_fp32, fp16, fused_decoder, import_student, int4_weight_only, int8_dynamic,
                int8_static, int8_weight_only, prune_magnitude)
 
 RECIPES: dict[str, ModuleType] = {
     module.NAME: module for module in (
         export_fp32, fp16, int8_dynamic, int8_static, int8_weight_only, int4_weight_only,
-        prune_magnitude, distill, import_student, bring_your_own,
+        prune_magnitude, distill, import_student, bring_your_own, fused_decoder,
     )
 }

@@ -33,11 +33,12 @@ def build(ctx: BuildContext) -> dict[str, Any]:
         raise ctx.config_error("bits", f"must be 8 for {NAME} (use int4_weight_only for 4 bits)")
     facts = int4_weight_only.build(replace(ctx, params={**ctx.params, "quantize_embedding": False}))
     if ctx.params["quantize_embedding"]:
-        facts["quantized_ops"].update(_quantize_embedding(ctx))
+        facts["quantized_ops"].update(quantize_embedding(ctx))
     return facts
 
 
-def _quantize_embedding(ctx: BuildContext) -> dict[str, int]:
+def quantize_embedding(ctx: BuildContext) -> dict[str, int]:
+    """Store ``ctx.out_model``'s token embedding (Gather) as uint8 with one scale, in place."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     weights_only = ctx.out_model.with_name("matmuls.onnx")
