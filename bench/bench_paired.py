@@ -32,6 +32,7 @@ from edgegate.transport import LocalTransport
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_adaptive import PROMPT  # noqa: E402
+from bench_llamacpp import runner_backend  # noqa: E402
 
 
 def main() -> None:
@@ -81,7 +82,8 @@ def measure(transport: LocalTransport, model: Path, slowdown: float) -> dict[str
               "max_seconds": 1e9, "target_ci": 0.0}
     pairing = {"baseline_model": str(model), "baseline_label": "A", "prompt_ids": PROMPT, "tokens": paired.TOKENS,
                "warmup": paired.WARMUP, "rounds": paired.ROUNDS}
-    job = {"model": str(model), "providers": ["CPUExecutionProvider"], "threads": 0, "inject_slowdown": slowdown,
+    job = {"model": str(model), "backend": runner_backend(model.parent), "providers": ["CPUExecutionProvider"],
+           "threads": 0, "inject_slowdown": slowdown,
            "measurements": {"decode": decode, "paired_decode": pairing}}
     found = {e["name"]: e["samples"] for e in transport.run_job(job, timeout_s=600) if e.get("event") == "metric"
              and e.get("name") in ("decode_ms", "decode_vs_baseline")}

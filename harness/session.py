@@ -208,9 +208,7 @@ class RunSession:
         self.log(f"measuring {variant.name} on {device.name}")
         result = VariantResult(suite.name, device.name, variant.name)
         with self.leases.hold(device):
-            with closing(transport.run_job(job, device.measurement_timeout_s)) as events:  # Ctrl-C stops the runner too
-                for event in events:
-                    self._take(event, result)
+            self._run(transport, job, device, result)
         roofline = self._roofline(suite, device, variant, artifact, result) if suite.base_model.task == "causal_lm" else []
         for metric in roofline:
             result.metrics[metric.name] = metric
@@ -317,6 +315,17 @@ class RunSession:
         batch = [list(s) for s in pairs.sentences[: suite.embed.batch]]
         return {**_runtime_fields(device, "onnxruntime_encoder"), "measurements": {
             "embed": {"sentences": batch, **_stop_fields(suite.embed)}, "similarity": similarity}}
+
+    def _run(self, transport: Transport, job: dict[str, Any], device: DeviceProfile, result: VariantResult) -> None:
+        try:
+            with closing(transport.run_job(job, device.measurement_timeout_s)) as events:  # Ctrl-C stops the runner too
+                for event in events:
+                    self._take(event, result)
+        except RunnerError as exc:
+            if not result.errors:
+                raise
+            # the runner said why before it exited (e.g. the model would not load): say that first
+            raise RunnerError(f"{'; '.join(result.errors)} ({exc})", exc.stdout, exc.stderr) from None
 
     def _take(self, event: dict[str, Any], result: VariantResult) -> None:
         kind = event.get("event")

@@ -49,6 +49,7 @@ def build(ctx: BuildContext) -> dict[str, Any]:
     embedding = {}
     if ctx.params["quantize_embedding"] and ctx.params["precision"] == "int8":
         embedding = _embedding_to_uint8(ctx)
+    _check_it_loads(ctx)
     return {"builder": " ".join(builder_arguments(ctx.params)), **graph_facts(ctx.out_model), **embedding}
 
 
@@ -87,6 +88,20 @@ def _embedding_to_uint8(ctx: BuildContext) -> dict[str, Any]:
     if not any(init.data_location == onnx.TensorProto.EXTERNAL for init in graph.initializer):
         (ctx.out_dir / f"{MODEL_FILE}.data").unlink(missing_ok=True)
     return {"quantized_ops": counts}
+
+
+def _check_it_loads(ctx: BuildContext) -> None:
+    """Fail the build, not every device, when the builder wrote a graph onnxruntime refuses (seen
+    with onnxruntime-genai 0.18: int4, algorithm default and the embedding quantized)."""
+    import onnxruntime
+
+    from ...errors import BuildError
+
+    try:
+        onnxruntime.InferenceSession(str(ctx.out_model), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped failures
+        raise BuildError(f"{ctx.params_field}: the model builder ({' '.join(builder_arguments(ctx.params))}) "
+                         f"wrote a graph onnxruntime cannot load: {str(exc)[:300]}") from None
 
 
 def builder_arguments(params: dict[str, Any]) -> list[str]:
