@@ -4,7 +4,7 @@
 
 ``import_student`` and ``bring_your_own`` take a file the user made, so the study needs one of
 each: this copies the study's own distilled student (``distilled``, trained by the distill
-recipe) to ``user_models/student.onnx`` as "a student you trained", and its fp16 build to
+recipe) to ``user_models/student.onnx`` as "a student you trained", and its int8 build to
 ``user_models/byo.onnx`` as "an ONNX file you exported yourself". Both are built first if the
 cache lacks them. ``user_models/`` is not committed; without it those two variants fail with an
 error naming the missing file, and the others run.
@@ -21,7 +21,7 @@ from edgegate.variants.factory import VariantFactory
 
 HERE = Path(__file__).resolve().parent
 SUITE = HERE / "suite_smollm2_factory.yaml"
-COPIES = {"distilled": "student.onnx", "fp16": "byo.onnx"}
+COPIES = {"distilled": "student.onnx", "int8": "byo.onnx"}
 
 
 def main() -> None:
