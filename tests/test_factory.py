@@ -72,3 +72,20 @@ def test_concurrent_builds_of_one_variant_build_it_once(tmp_path: Path) -> None:
     assert [child.exitcode for child in children] == [0, 0, 0]
     assert log.read_text().count("built") == 1
     assert (folder / "manifest.json").is_file()
+
+
+def test_fp16_graph_is_topologically_sorted_for_the_onnx_checker(
+        tmp_path: Path, tiny_model_dir: Path, shared_cache: Path) -> None:
+    """onnxruntime's fp16 converter appends its input casts last; onnxruntime runs that, but
+    onnx.checker and bring_your_own refuse it, so the recipe sorts the graph."""
+    import shutil
+
+    import onnx
+
+    shutil.copytree(tiny_model_dir, tmp_path / "tiny_model")
+    (tmp_path / "suite_fp16.yaml").write_text(
+        "schema: 1\nname: half\nbase_model: {kind: hf_dir, path: tiny_model}\nreference: fp32\n"
+        "variants:\n  fp32: {recipe: export_fp32}\n  fp16: {recipe: fp16}\n")
+    suite = load_suite(tmp_path / "suite_fp16.yaml")
+    artifact = VariantFactory(suite, shared_cache).artifact(suite.variant("fp16"))
+    onnx.checker.check_model(onnx.load(str(artifact.model)))

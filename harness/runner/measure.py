@@ -172,15 +172,10 @@ def power_metrics(summary: dict[str, Any], step_s: float) -> Iterator[Event]:
 
 
 def _decode_round(backend: CausalLMBackend, prompt: np.ndarray, tokens: int) -> list[float]:
-    logits, past, _ = backend.step(prompt, backend.empty_past(), 0)
-    past_len = prompt.shape[1]
-    steps = []
+    decoding = _Decoding(backend, prompt)
     for _ in range(tokens):
-        next_id = np.asarray([[int(np.argmax(logits[0, -1]))]], dtype=np.int64)
-        logits, past, elapsed_ns = backend.step(next_id, past, past_len)
-        steps.append(elapsed_ns / 1e6)
-        past_len += 1
-    return steps
+        decoding.step()
+    return decoding.steps_ms
 
 
 def peak_rss() -> Iterator[Event]:

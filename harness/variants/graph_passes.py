@@ -180,3 +180,32 @@ def mlp_down_projections(graph: onnx.ModelProto) -> list[str]:
         if source is not None and source.op_type == "Mul" and any(weight_matmul(t) for t in source.input):
             names.append(node.name)
     return names
+
+
+def sort_topologically(model: onnx.ModelProto) -> None:
+    """Reorder the nodes so each follows the producers of its inputs, keeping the original order
+    where it already does. onnxruntime runs an unsorted graph; ``onnx.checker`` (and so
+    ``bring_your_own``) refuses it. onnxruntime's fp16 converter appends its input casts last."""
+    import heapq
+
+    nodes = list(model.graph.node)
+    producer = {name: index for index, node in enumerate(nodes) for name in node.output}
+    waiting_on = [{producer[name] for name in node.input if name in producer} for node in nodes]
+    consumers: dict[int, list[int]] = {}
+    for index, needs in enumerate(waiting_on):
+        for need in needs:
+            consumers.setdefault(need, []).append(index)
+    ready = [index for index, needs in enumerate(waiting_on) if not needs]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        index = heapq.heappop(ready)
+        order.append(index)
+        for consumer in consumers.get(index, ()):
+            waiting_on[consumer].discard(index)
+            if not waiting_on[consumer]:
+                heapq.heappush(ready, consumer)
+    if len(order) != len(nodes):
+        raise ValueError(f"the graph has a cycle: {len(nodes) - len(order)} nodes never become ready")
+    del model.graph.node[:]
+    model.graph.node.extend(nodes[index] for index in order)

@@ -18,7 +18,7 @@ def build(ctx: BuildContext) -> dict[str, Any]:
     import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    from ..graph_passes import drop_round_trip_casts, rms_norm_chains
+    from ..graph_passes import drop_round_trip_casts, rms_norm_chains, sort_topologically
 
     model = onnx.load(str(ctx.parent_model))
     ops = list(DEFAULT_OP_BLOCK_LIST) + list(ctx.params["keep_fp32_ops"])
@@ -26,6 +26,7 @@ def build(ctx: BuildContext) -> dict[str, Any]:
     ctx.log(f"converting to fp16, keeping {len(nodes)} RMS-norm nodes and {ctx.params['keep_fp32_ops']} in fp32")
     model = convert_float_to_float16(model, keep_io_types=True, op_block_list=ops, node_block_list=nodes)
     removed = drop_round_trip_casts(model, ops, nodes)
+    sort_topologically(model)
     onnx.save_model(model, str(ctx.out_model))
     ctx.copy_tokenizer()
     return {"fp32_ops": sorted(set(ctx.params["keep_fp32_ops"])), "fp32_rms_norm_nodes": len(nodes),
