@@ -154,6 +154,7 @@ class KvBufferBackend(OnnxRuntimeBackend):
         self._logits_value = ort.OrtValue.ortvalue_from_numpy(self._logits)
         self._mask = np.ones((1, self.CAPACITY), dtype=np.int64)
         self._binding = self.session.io_binding()
+        self._bound_kv: KvBuffer | None = None
 
     def empty_past(self) -> KvBuffer:
         return KvBuffer(self._kv_shapes, self.CAPACITY, self._past_dtype)
@@ -185,9 +186,11 @@ class KvBufferBackend(OnnxRuntimeBackend):
             binding.bind_ortvalue_output("logits", self._logits_value)
         else:
             binding.bind_output("logits", "cpu")
-        for past_name, present_name in zip(self._past_names, self._present_names):
-            binding.bind_ortvalue_input(past_name, past.values[past_name])
-            binding.bind_ortvalue_output(present_name, past.values[past_name])
+        if self._bound_kv is not past:  # the same buffers step after step: bind them once per decode
+            for past_name, present_name in zip(self._past_names, self._present_names):
+                binding.bind_ortvalue_input(past_name, past.values[past_name])
+                binding.bind_ortvalue_output(present_name, past.values[past_name])
+            self._bound_kv = past
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "kv_cache": f"in place: GroupQueryAttention past = present buffer, "
