@@ -24,6 +24,7 @@ from .variants.factory import Artifact
 ROUNDS = 12  # rounds, one ratio each; the Wilcoxon test's smallest one-sided p is then 1/4096
 TOKENS = 16  # interleaved steps per round and build: 12 x 2 x 16 steps, about 15 s for SmolLM2 on two cores
 WARMUP = 1
+REOPEN = False  # open both sessions anew before each round (bench/bench_paired.py measures what it buys)
 
 
 def plan(store: HistoryStore, cache_root: Path, choice: BaselineChoice | None, suite: Suite, variant: str,
@@ -52,4 +53,4 @@ def measurement(transport: Transport, planned: tuple[Path, dict[str, str]], deco
     remote = PurePosixPath(transport.stage(folder, hashes), "model.onnx")
     return {"baseline_model": str(remote), "baseline_label": f"the build of baseline run {choice.run_id}",
             "prompt_ids": decode["prompt_ids"], "tokens": min(TOKENS, decode["tokens"]), "warmup": WARMUP,
-            "rounds": ROUNDS}
+            "rounds": ROUNDS, "reopen": REOPEN}

@@ -4,7 +4,10 @@ A night's latency samples are noisy; a relative limit alone would fail nights on
 test alone would fail them on tiny but real shifts nobody cares about. So a metric with raw
 samples on both sides regresses only when its median moved the wrong way by more than the rule
 allows AND a one-sided Mann-Whitney U test (as google-benchmark's ``compare.py`` uses) says the
-shift is not noise. One-number metrics (size, perplexity) have no samples: a plain relative limit.
+shift is not noise. The test runs on independent units, not on pooled samples: the decode steps
+of one round are autocorrelated and taken at rising context depths, so each round (one decode
+from the prompt) is reduced to its median first, and the message names the unit. One-number
+metrics (size, perplexity) have no samples: a plain relative limit. The tests are scipy.stats'.
 
 Pure functions on numbers; the store and the choice of baseline live elsewhere.
 """
@@ -21,7 +24,6 @@ from .metrics import METRICS, Direction
 
 MIN_SAMPLES = 5  # fewer on either side: the test has no power, use the scalar rule
 SAME_WITHIN = 0.001  # a scalar that moved less than 0.1% is reported "same", not better/worse
-EXACT_MAX_N = 8  # like scipy's method="auto": exact U distribution when a side is this small and no ties
 
 
 @dataclass(frozen=True)
@@ -101,25 +103,44 @@ def compare_metric(
     baseline_samples: Sequence[float] | None,
     value: float | None,
     samples: Sequence[float] | None,
+    unit_sizes: tuple[int, int] = (1, 1),
 ) -> Comparison:
-    """Judge one metric. With >= MIN_SAMPLES samples on both sides the medians and a rank test
-    decide; otherwise the scalar values and the relative limit (and absolute floor) alone."""
+    """Judge one metric. ``unit_sizes``: how many consecutive samples of (baseline, new) form one
+    independent unit (a decode round); each unit is reduced to its median. With >= MIN_SAMPLES
+    units on both sides the medians and a rank test over the units decide; otherwise the scalar
+    values and the relative limit (and absolute floor) alone."""
     old_s, new_s = _finite(baseline_samples), _finite(samples)
-    if old_s.size >= MIN_SAMPLES and new_s.size >= MIN_SAMPLES:
-        return _compare_samples(rule, old_s, new_s)
+    old_u, new_u = unit_medians(old_s, unit_sizes[0]), unit_medians(new_s, unit_sizes[1])
+    if old_u.size >= MIN_SAMPLES and new_u.size >= MIN_SAMPLES:
+        return _compare_samples(rule, old_s, new_s, (old_u, new_u), unit_sizes)
     return _compare_scalars(rule, baseline_value, value)
 
 
-def _compare_samples(rule: RegressionRule, old_s: np.ndarray, new_s: np.ndarray) -> Comparison:
+def unit_medians(samples: np.ndarray, unit_size: int) -> np.ndarray:
+    """The median of each whole unit of ``unit_size`` consecutive samples (a partial last unit is dropped)."""
+    if unit_size <= 1:
+        return samples
+    whole = samples.size // unit_size * unit_size
+    return np.median(samples[:whole].reshape(-1, unit_size), axis=1)
+
+
+def _units(count: int, unit_size: int) -> str:
+    return f"{count} rounds of {unit_size} steps" if unit_size > 1 else f"{count} calls"
+
+
+def _compare_samples(rule: RegressionRule, old_s: np.ndarray, new_s: np.ndarray,
+                     units: tuple[np.ndarray, np.ndarray], unit_sizes: tuple[int, int]) -> Comparison:
     old, new = float(np.median(old_s)), float(np.median(new_s))
     change, worse_by = relative_change(old, new, rule.better)
     worse_side = "greater" if rule.better == "lower" else "less"  # new stochastically worse than old
     better_side = "less" if worse_side == "greater" else "greater"
-    p = mann_whitney_u(new_s, old_s, worse_side if worse_by >= 0 else better_side)[1]
+    old_u, new_u = units
+    p = mann_whitney_u(new_u, old_u, worse_side if worse_by >= 0 else better_side)[1]
     significant = p < rule.alpha
     big = _beyond_floor(rule, old, new)
     regressed = worse_by > rule.max_change and big and significant
-    test = f"Mann-Whitney U p={p:.2g} {'<' if significant else '>='} {rule.alpha:g}"
+    test = (f"Mann-Whitney U p={p:.2g} {'<' if significant else '>='} {rule.alpha:g} over "
+            f"{_units(new_u.size, unit_sizes[1])} vs {_units(old_u.size, unit_sizes[0])}")
     if regressed:
         reason = test
     elif worse_by > rule.max_change and big:
@@ -158,29 +179,15 @@ def compare_paired(rule: RegressionRule, ratios: Sequence[float] | None, against
 
 
 def wilcoxon_signed_rank(differences: Sequence[float] | np.ndarray, alternative: str) -> float:
-    """One-sided p-value that ``differences`` are centred above 0 (``greater``) or below (``less``).
+    """One-sided p-value that ``differences`` are centred above 0 (``greater``) or below (``less``):
+    ``scipy.stats.wilcoxon`` (exact for small samples without ties; zeros dropped)."""
+    from scipy import stats
 
-    Exact null distribution of the positive-rank sum by counting subsets (zeros dropped); the
-    normal approximation when ranks tie or n > 50.
-    """
     d = np.asarray(differences, dtype=float)
     d = d[d != 0]
-    n = d.size
-    if n == 0:
+    if d.size == 0:
         return 1.0
-    ranks, tie_counts = _rank(np.abs(d))
-    w_plus = float(ranks[d > 0].sum())
-    statistic = w_plus if alternative == "greater" else n * (n + 1) / 2 - w_plus
-    if n <= 50 and np.all(tie_counts == 1):
-        counts = np.zeros(n * (n + 1) // 2 + 1)
-        counts[0] = 1.0
-        for rank in range(1, n + 1):  # counts[s]: subsets of ranks 1..rank summing to s
-            counts[rank:] = counts[rank:] + counts[:-rank].copy()
-        return float(counts[int(round(statistic)):].sum() / 2.0 ** n)
-    mean = n * (n + 1) / 4
-    variance = n * (n + 1) * (2 * n + 1) / 24 - float(((tie_counts ** 3) - tie_counts).sum()) / 48
-    z = (statistic - mean - 0.5) / math.sqrt(variance)
-    return 0.5 * math.erfc(z / math.sqrt(2))
+    return float(stats.wilcoxon(d, alternative=alternative).pvalue)
 
 
 def _compare_scalars(rule: RegressionRule, old: float | None, new: float | None) -> Comparison:
@@ -215,67 +222,20 @@ def relative_change(old: float, new: float, better: str) -> tuple[float, float]:
 
 def mann_whitney_u(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray,
                    alternative: str = "two-sided") -> tuple[float, float]:
-    """(U of x, p-value) as ``scipy.stats.mannwhitneyu(x, y, alternative=...)`` with method "auto".
+    """(U of x, p-value) of ``scipy.stats.mannwhitneyu(x, y, alternative=...)`` (method "auto":
+    exact for small samples without ties, else the normal approximation with tie and continuity
+    corrections). "greater" tests whether x tends to be larger than y."""
+    from scipy import stats
 
-    "greater" tests whether x tends to be larger than y. Exact distribution when a side has at
-    most 8 values and there are no ties; otherwise the normal approximation with tie and
-    continuity corrections. Written here so the gate needs no scipy.
-    """
     xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    n1, n2 = xs.size, ys.size
-    if n1 == 0 or n2 == 0:
+    if xs.size == 0 or ys.size == 0:
         raise ValueError("mann_whitney_u needs samples on both sides")
-    ranks, ties = _rank(np.concatenate([xs, ys]))
-    u1 = float(ranks[:n1].sum() - n1 * (n1 + 1) / 2)
-    u2 = n1 * n2 - u1
-    if alternative == "greater":
-        u, factor = u1, 1.0
-    elif alternative == "less":
-        u, factor = u2, 1.0
-    elif alternative == "two-sided":
-        u, factor = max(u1, u2), 2.0
-    else:
+    if alternative not in ("two-sided", "less", "greater"):
         raise ValueError(f"alternative must be two-sided, less or greater, not {alternative!r}")
-    if min(n1, n2) <= EXACT_MAX_N and not (ties > 1).any():
-        p = _exact_sf(round(u), n1, n2)
-    else:
-        p = _normal_sf(u, n1, n2, ties)
-    return u1, float(min(max(p * factor, 0.0), 1.0))
-
-
-def _rank(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Average ranks (1-based) and the size of each group of equal values."""
-    order = np.argsort(values, kind="mergesort")
-    sorted_values = values[order]
-    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
-    counts = np.diff(np.r_[starts, values.size])
-    average = starts + (counts + 1) / 2.0  # mean of 1-based ranks start+1 .. start+count
-    ranks = np.empty(values.size)
-    ranks[order] = np.repeat(average, counts)
-    return ranks, counts
-
-
-def _normal_sf(u: float, n1: int, n2: int, ties: np.ndarray) -> float:
-    n = n1 + n2
-    tie_term = float((ties.astype(np.float64) ** 3 - ties).sum())
-    sigma = math.sqrt(n1 * n2 / 12 * ((n + 1) - tie_term / (n * (n - 1))))
-    if sigma == 0:  # every value equal: no evidence of anything
-        return 1.0
-    z = (u - n1 * n2 / 2 - 0.5) / sigma
-    return 0.5 * math.erfc(z / math.sqrt(2))
-
-
-def _exact_sf(u: int, n1: int, n2: int) -> float:
-    """P(U >= u) under the null: U counts partitions in an n1 x n2 box (Gaussian binomial)."""
-    small, large = sorted((n1, n2))
-    size = small * large + 1
-    counts = [1] + [0] * (size - 1)
-    for k in range(1, small + 1):  # multiply by (1 - q^(large+k)) / (1 - q^k), exactly in ints
-        for i in range(size - 1, large + k - 1, -1):
-            counts[i] -= counts[i - large - k]
-        for i in range(k, size):
-            counts[i] += counts[i - k]
-    return sum(counts[max(u, 0):]) / math.comb(n1 + n2, n1)
+    if np.all(xs == xs[0]) and np.all(ys == xs[0]):  # every value equal: no evidence of anything
+        return float(xs.size * ys.size / 2), 1.0
+    result = stats.mannwhitneyu(xs, ys, alternative=alternative)
+    return float(result.statistic), float(result.pvalue)
 
 
 def _beyond_floor(rule: RegressionRule, old: float, new: float) -> bool:

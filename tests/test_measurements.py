@@ -13,7 +13,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgegate.profiles import DeviceProfile
-from edgegate.runner.timing import CpuContention, StopRule, median_ci
+from edgegate.runner.disturbance import RegionMonitor
+from edgegate.runner.timing import StopRule, median_ci
 from edgegate.transport import LocalTransport
 from edgegate.variants.graph_passes import weight_bytes_per_token
 
@@ -42,11 +43,11 @@ def test_median_interval_covers_the_median_and_narrows() -> None:
 def test_contention_sees_another_busy_process() -> None:
     def share_during(busy: bool) -> float:
         other = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 0.8\nwhile time.time() < end: pass"]) if busy else None
-        with CpuContention() as meter:
+        with RegionMonitor() as meter:
             time.sleep(0.6)
         if other:
             other.wait()
-        return meter.share
+        return meter.contention
 
     quiet, busy = share_during(False), share_during(True)
     assert busy > quiet + 0.2, (quiet, busy)

@@ -46,26 +46,33 @@ def run_job(job: dict[str, Any]) -> int:
         return 1
     for event in events:
         emit(event)
-    def open_baseline(model: str) -> Any:
-        return backend_type(model, job["providers"], job["threads"], 0.0)
+    def open_model(model: str, slowdown: float = 0.0) -> Any:  # for the paired decode: without spinning
+        return backend_type(model, job["providers"], job["threads"], slowdown, spin=False)
 
-    failures += _measure_all(backend, job.get("measurements", {}), sensor, open_baseline)
+    def open_candidate() -> Any:
+        return open_model(job["model"], float(job.get("inject_slowdown", 0.0)))
+
+    region = {"disturbance": job.get("disturbance") or {}, "sysfs_root": sysfs_root}
+    wanted = {name: {**entry, **region} for name, entry in job.get("measurements", {}).items()}
+    failures += _measure_all(backend, wanted, sensor, open_model, open_candidate)
     after = thermal.snapshot(sysfs_root)
     failures += _guarded("thermal", lambda: _thermal_events(before, after))
     emit({"event": "done", "failures": failures})
     return 0
 
 
-def _measure_all(backend: Any, wanted: dict[str, Any], sensor: Any, open_baseline: Callable[[str], Any]) -> int:
+def _measure_all(backend: Any, wanted: dict[str, Any], sensor: Any, open_model: Callable[[str], Any],
+                 open_candidate: Callable[[], Any]) -> int:
     steps: list[tuple[str, Callable[[], Iterable[dict[str, Any]]]]] = [
         ("prefill", lambda: measure.prefill(backend, wanted["prefill"], sensor)),
         ("decode", lambda: measure.decode(backend, wanted["decode"], sensor)),
-        ("paired_decode", lambda: measure.paired_decode(backend, open_baseline, wanted["paired_decode"])),
         ("embed", lambda: embedding.latency(backend, wanted["embed"], sensor)),
         ("peak_rss", measure.peak_rss),
         ("accuracy", lambda: measure.accuracy(backend, wanted["accuracy"])),
         ("similarity", lambda: embedding.similarity(backend, wanted["similarity"])),
         ("bandwidth", lambda: measure.bandwidth(wanted["bandwidth"])),
+        # last: its extra sessions must not count in peak_rss, nor its time delay the accuracy
+        ("paired_decode", lambda: measure.paired_decode(open_candidate, open_model, wanted["paired_decode"])),
     ]
     return sum(_guarded(name, step) for name, step in steps if name in wanted or name == "peak_rss")
 

@@ -21,11 +21,19 @@ class CausalLMBackend(Protocol):
     def settings(self) -> dict[str, Any]: ...
 
 
+def _hold(start_ns: int, slowdown: float) -> None:
+    """Stretch the call that began at ``start_ns`` by ``slowdown`` of its length, exactly: a
+    busy wait, since a sleep of a fraction of a millisecond overshoots by tens of microseconds."""
+    end = time.perf_counter_ns() + int((time.perf_counter_ns() - start_ns) * slowdown)
+    while time.perf_counter_ns() < end:
+        pass
+
+
 class OnnxRuntimeBackend:
     """onnxruntime with the graph layout that EdgeGate's exporter writes."""
 
     def __init__(self, model_path: str, providers: list[str], threads: int, slowdown: float = 0.0,
-                 profile_prefix: str | None = None) -> None:
+                 profile_prefix: str | None = None, spin: bool = True) -> None:
         import onnxruntime as ort
 
         self.slowdown = slowdown  # fault injection for testing the gate: sleep this share of each call
@@ -33,6 +41,9 @@ class OnnxRuntimeBackend:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        if not spin:  # two sessions side by side: one's spinning workers would steal the other's cores
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         if profile_prefix:  # onnxruntime's own per-kernel profile (bench/profile_decode.py)
             options.enable_profiling = True
             options.profile_file_prefix = profile_prefix
@@ -64,7 +75,7 @@ class OnnxRuntimeBackend:
         start = time.perf_counter_ns()
         outputs = self.session.run(names, feeds)
         if self.slowdown:
-            time.sleep((time.perf_counter_ns() - start) * self.slowdown / 1e9)
+            _hold(start, self.slowdown)
         elapsed_ns = time.perf_counter_ns() - start
         return outputs[0], dict(zip(self._past_names, outputs[1:])), elapsed_ns
 
@@ -101,7 +112,7 @@ class OnnxEncoderBackend(OnnxRuntimeBackend):
         start = time.perf_counter_ns()
         (embeddings,) = self.session.run([self.OUTPUT], feeds)
         if self.slowdown:
-            time.sleep((time.perf_counter_ns() - start) * self.slowdown / 1e9)
+            _hold(start, self.slowdown)
         return embeddings, time.perf_counter_ns() - start
 
 
@@ -142,10 +153,10 @@ class KvBufferBackend(OnnxRuntimeBackend):
     CAPACITY = 512  # positions per buffer at first; a longer sequence doubles it once (one copy)
 
     def __init__(self, model_path: str, providers: list[str], threads: int, slowdown: float = 0.0,
-                 profile_prefix: str | None = None) -> None:
+                 profile_prefix: str | None = None, spin: bool = True) -> None:
         import onnxruntime as ort
 
-        super().__init__(model_path, providers, threads, slowdown, profile_prefix)
+        super().__init__(model_path, providers, threads, slowdown, profile_prefix, spin)
         inputs = {i.name: i for i in self.session.get_inputs()}
         self._kv_shapes = {n: _heads_and_dim(inputs[n].shape, model_path) for n in self._past_names}
         self._takes_positions = "position_ids" in inputs
@@ -169,7 +180,7 @@ class KvBufferBackend(OnnxRuntimeBackend):
         start = time.perf_counter_ns()
         self.session.run_with_iobinding(self._binding)
         if self.slowdown:
-            time.sleep((time.perf_counter_ns() - start) * self.slowdown / 1e9)
+            _hold(start, self.slowdown)
         elapsed_ns = time.perf_counter_ns() - start
         logits = self._logits if input_ids.shape[1] == 1 else self._binding.get_outputs()[0].numpy()
         return logits, past, elapsed_ns

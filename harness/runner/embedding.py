@@ -14,10 +14,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from . import disturbance
 from .events import Event, metric
 from .measure import contention_metric, save_atomically
 from .sensors import PowerSampler
-from .timing import CpuContention, StopRule
+from .timing import StopRule
 
 PAD_ID = 0  # padded positions are masked out, so the id there only has to exist in the vocabulary
 
@@ -42,22 +43,32 @@ def latency(backend: EncoderBackend, job: dict[str, Any], sensor: Any = None) ->
     input_ids, mask = pad_batch(job["sentences"])
     for _ in range(job["warmup"]):
         backend.embed(input_ids, mask)
-    rule, run_ms = StopRule.from_job(job), []
-    sampler = PowerSampler(sensor) if sensor is not None else contextlib.nullcontext()
-    started = time.monotonic()
-    with CpuContention() as contention, sampler:
-        while (why := rule.verdict(run_ms, time.monotonic() - started)) is None:
-            run_ms.append(backend.embed(input_ids, mask)[1] / 1e6)
+    limits, sysfs_root = disturbance.for_job(job)
+    measured = disturbance.until_clean(lambda: _latency_region(backend, input_ids, mask, StopRule.from_job(job), sensor),
+                                       limits, sysfs_root)
+    run_ms, why, sampler = measured.value
+    region = disturbance.fields(measured)
     median_ms = float(np.median(run_ms))
     shape = f"batch of {input_ids.shape[0]} sentences padded to {input_ids.shape[1]} tokens"
-    yield metric("embed_ms", median_ms, "ms", run_ms, note=f"{shape}; stopped at n={len(run_ms)}: {why}")
-    yield metric("sentences_per_s", input_ids.shape[0] / (median_ms / 1e3), "sent/s")
-    yield contention_metric("embed_contention", contention.share)
+    yield metric("embed_ms", median_ms, "ms", run_ms, note=f"{shape}; stopped at n={len(run_ms)}: {why}", **region)
+    yield metric("sentences_per_s", input_ids.shape[0] / (median_ms / 1e3), "sent/s", **region)
+    yield contention_metric("embed_contention", measured)
     if sensor is not None:
         summary = sampler.summary(sampler.elapsed_s, len(run_ms))
         how = f"while embedding; {summary['method']}, {len(summary['samples'])} samples"
-        yield metric("power_w", summary["avg_w"], "W", [w for _, w in summary["samples"]] or None, note=how)
-        yield metric("power_peak_w", summary["peak_w"], "W", note="while embedding")
+        yield metric("power_w", summary["avg_w"], "W", [w for _, w in summary["samples"]] or None, note=how, **region)
+        yield metric("power_peak_w", summary["peak_w"], "W", note="while embedding", **region)
+
+
+def _latency_region(backend: EncoderBackend, input_ids: np.ndarray, mask: np.ndarray, rule: StopRule,
+                    sensor: Any) -> tuple[list[float], str, Any]:
+    run_ms: list[float] = []
+    sampler = PowerSampler(sensor) if sensor is not None else contextlib.nullcontext()
+    started = time.monotonic()
+    with sampler:
+        while (why := rule.verdict(run_ms, time.monotonic() - started)) is None:
+            run_ms.append(backend.embed(input_ids, mask)[1] / 1e6)
+    return run_ms, why, sampler
 
 
 def similarity(backend: EncoderBackend, job: dict[str, Any]) -> Iterator[Event]:

@@ -7,5 +7,8 @@ from typing import Any
 Event = dict[str, Any]
 
 
-def metric(name: str, value: float | None, unit: str, samples: list[float] | None = None, note: str | None = None) -> Event:
-    return {"event": "metric", "name": name, "value": value, "unit": unit, "samples": samples, "note": note}
+def metric(name: str, value: float | None, unit: str, samples: list[float] | None = None, note: str | None = None,
+           **extra: Any) -> Event:
+    """``extra``: ``disturbed`` (why the timed region was disturbed, or None), ``attempts`` (how
+    often it was measured), ``unit_size`` (samples per independent unit, e.g. a decode round)."""
+    return {"event": "metric", "name": name, "value": value, "unit": unit, "samples": samples, "note": note, **extra}

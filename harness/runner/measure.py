@@ -16,12 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from . import disturbance
 from .backends import CausalLMBackend
 from .events import Event, metric
 from .sensors import PowerSampler
-from .timing import CpuContention, StopRule
-
-CONTENTION_LIMIT = 0.10
+from .timing import StopRule
 
 
 def bandwidth(job: dict[str, Any]) -> Iterator[Event]:
@@ -68,65 +67,116 @@ def prefill(backend: CausalLMBackend, job: dict[str, Any], sensor: Any = None) -
     prompt = np.asarray([job["prompt_ids"]], dtype=np.int64)
     for _ in range(job["warmup"]):
         backend.step(prompt, backend.empty_past(), 0)
-    rule, run_ms, ttft_ms = StopRule.from_job(job), [], []
+    limits, sysfs_root = disturbance.for_job(job)
+    measured = disturbance.until_clean(lambda: _prefill_region(backend, prompt, StopRule.from_job(job), sensor),
+                                       limits, sysfs_root)
+    run_ms, ttft_ms, why, sampler = measured.value
+    region = disturbance.fields(measured)
+    median_ms = float(np.median(run_ms))
+    yield metric("prefill_ms", median_ms, "ms", run_ms, note=f"stopped at n={len(run_ms)}: {why}", **region)
+    yield metric("ttft_ms", float(np.median(ttft_ms)), "ms", ttft_ms, note=f"prompt of {prompt.shape[1]} tokens",
+                 **region)
+    yield metric("prefill_tok_s", prompt.shape[1] / (median_ms / 1e3), "tok/s", **region)
+    yield contention_metric("prefill_contention", measured)
+    if sensor is not None:
+        watts = sampler.summary(sampler.elapsed_s, len(run_ms))["avg_w"]
+        yield metric("energy_per_prefill_j", watts * float(np.mean(run_ms)) / 1e3 if watts is not None else None, "J",
+                     note="average prefill power x mean prefill time (one inference over the prompt)", **region)
+
+
+def _prefill_region(backend: CausalLMBackend, prompt: np.ndarray, rule: StopRule,
+                    sensor: Any) -> tuple[list[float], list[float], str, Any]:
+    run_ms: list[float] = []
+    ttft_ms: list[float] = []
     sampler = PowerSampler(sensor) if sensor is not None else contextlib.nullcontext()
     started = time.monotonic()
-    with CpuContention() as contention, sampler:
+    with sampler:
         while (why := rule.verdict(run_ms, time.monotonic() - started)) is None:
             begin = time.perf_counter_ns()
             logits, _, run_ns = backend.step(prompt, backend.empty_past(), 0)
             int(np.argmax(logits[0, -1]))
             ttft_ms.append((time.perf_counter_ns() - begin) / 1e6)
             run_ms.append(run_ns / 1e6)
-    median_ms = float(np.median(run_ms))
-    yield metric("prefill_ms", median_ms, "ms", run_ms, note=f"stopped at n={len(run_ms)}: {why}")
-    yield metric("ttft_ms", float(np.median(ttft_ms)), "ms", ttft_ms, note=f"prompt of {prompt.shape[1]} tokens")
-    yield metric("prefill_tok_s", prompt.shape[1] / (median_ms / 1e3), "tok/s")
-    yield contention_metric("prefill_contention", contention.share)
-    if sensor is not None:
-        watts = sampler.summary(sampler.elapsed_s, len(run_ms))["avg_w"]
-        yield metric("energy_per_prefill_j", watts * float(np.mean(run_ms)) / 1e3 if watts is not None else None, "J",
-                     note="average prefill power x mean prefill time (one inference over the prompt)")
+    return run_ms, ttft_ms, why, sampler
 
 
 def decode(backend: CausalLMBackend, job: dict[str, Any], sensor: Any = None) -> Iterator[Event]:
-    """Greedy decode after a prompt; each step is one sample at a context depth of prompt+i."""
+    """Greedy decode after a prompt; each step is one sample at a context depth of prompt+i, and
+    each round of ``tokens`` steps (one decode from the prompt) is one independent unit."""
     prompt = np.asarray([job["prompt_ids"]], dtype=np.int64)
     for _ in range(job["warmup"]):
         _decode_round(backend, prompt, job["tokens"])
-    rule, samples = StopRule.from_job(job, per_round=job["tokens"]), []
-    sampler = PowerSampler(sensor) if sensor is not None else contextlib.nullcontext()
-    started = time.monotonic()
-    with CpuContention() as contention, sampler:
-        while (why := rule.verdict(samples, time.monotonic() - started)) is None:
-            samples.extend(_decode_round(backend, prompt, job["tokens"]))
+    limits, sysfs_root = disturbance.for_job(job)
+    rule = StopRule.from_job(job, per_round=job["tokens"])
+    measured = disturbance.until_clean(lambda: _decode_region(backend, prompt, job["tokens"], rule, sensor),
+                                       limits, sysfs_root)
+    samples, why, sampler = measured.value
+    region = disturbance.fields(measured)
     median_ms = float(np.median(samples))
     depth = f"depth {prompt.shape[1]}-{prompt.shape[1] + job['tokens'] - 1}"
-    yield metric("decode_ms", median_ms, "ms", samples, note=f"{depth}; stopped at n={len(samples)}: {why}")
-    yield metric("decode_tok_s", 1e3 / median_ms, "tok/s")
-    yield contention_metric("decode_contention", contention.share)
+    yield metric("decode_ms", median_ms, "ms", samples, note=f"{depth}; stopped at n={len(samples)}: {why}",
+                 unit_size=job["tokens"], **region)
+    yield metric("decode_tok_s", 1e3 / median_ms, "tok/s", **region)
+    yield contention_metric("decode_contention", measured)
     if sensor is not None:
-        yield from power_metrics(sampler.summary(sampler.elapsed_s, len(samples)), float(np.mean(samples)) / 1e3)
+        for event in power_metrics(sampler.summary(sampler.elapsed_s, len(samples)), float(np.mean(samples)) / 1e3):
+            yield {**event, **region}
 
 
-def paired_decode(candidate: CausalLMBackend, open_baseline: Callable[[str], CausalLMBackend],
+def _decode_region(backend: CausalLMBackend, prompt: np.ndarray, tokens: int, rule: StopRule,
+                   sensor: Any) -> tuple[list[float], str, Any]:
+    samples: list[float] = []
+    sampler = PowerSampler(sensor) if sensor is not None else contextlib.nullcontext()
+    started = time.monotonic()
+    with sampler:
+        while (why := rule.verdict(samples, time.monotonic() - started)) is None:
+            samples.extend(_decode_round(backend, prompt, tokens))
+    return samples, why, sampler
+
+
+def paired_decode(open_candidate: Callable[[], CausalLMBackend], open_baseline: Callable[[str], CausalLMBackend],
                   job: dict[str, Any]) -> Iterator[Event]:
     """This build's decode step time over the baseline build's, measured side by side.
 
     Both models are loaded in this one process. In each round both decode the same tokens with
     their steps interleaved one by one (AB BA AB ...), so whatever slows the machine for a few
     milliseconds slows both alike: what remains in the round's ratio of medians is the difference
-    between the builds. (Alternating whole rounds of 16 steps instead left twice the spread: an
-    A/A round's log-ratio varied by 0.095 against 0.045 here, bench/README.md.)
+    between the builds. With ``reopen`` both sessions are opened anew before every round: two
+    sessions of one file differ by a few percent that lasts as long as they do (where their
+    memory landed), and only new sessions make the rounds independent units. Contention is
+    reported, not re-measured: it slows both builds of a round alike.
+
+    Both sessions are opened without spinning workers: onnxruntime's idle workers spin for a
+    while after each run, on the cores the other session's next step needs (measured on SmolLM2
+    int8, 24 rounds: log-ratio spread 0.22 with spinning, 0.009 without).
     """
-    baseline = open_baseline(job["baseline_model"])
+    reopen = bool(job.get("reopen"))
+    candidate, baseline = open_candidate(), open_baseline(job["baseline_model"])
     prompt = np.asarray([job["prompt_ids"]], dtype=np.int64)
     for backend in (candidate, baseline):
         for _ in range(job["warmup"]):
             _decode_round(backend, prompt, job["tokens"])
-    ratios = [_interleaved_round(candidate, baseline, prompt, job["tokens"], index) for index in range(job["rounds"])]
-    yield metric("decode_vs_baseline", float(np.median(ratios)), "x", ratios,
-                 note=f"{len(ratios)} rounds of {job['tokens']} interleaved steps against {job['baseline_label']}")
+    ratios = []
+    with disturbance.RegionMonitor(job.get("sysfs_root", "/")) as monitor:
+        for index in range(job["rounds"]):
+            if reopen and index:
+                candidate, baseline = _reopened(open_candidate, lambda: open_baseline(job["baseline_model"]), prompt)
+            ratios.append(_interleaved_round(candidate, baseline, prompt, job["tokens"], index))
+    how = "sessions opened anew each round" if reopen else "one session each"
+    yield metric("decode_vs_baseline", float(np.median(ratios)), "x", ratios, unit_size=1,
+                 note=f"{len(ratios)} rounds of {job['tokens']} interleaved steps against {job['baseline_label']} "
+                      f"({how}; other processes used {monitor.contention:.0%} of the CPU meanwhile)")
+
+
+def _reopened(open_candidate: Callable[[], CausalLMBackend], open_baseline: Callable[[], CausalLMBackend],
+              prompt: np.ndarray) -> tuple[CausalLMBackend, CausalLMBackend]:
+    """Both sessions anew, each warmed by one short decode (its first steps allocate)."""
+    pair = []
+    for opener in (open_candidate, open_baseline):
+        backend = opener()
+        _decode_round(backend, prompt, 2)
+        pair.append(backend)
+    return pair[0], pair[1]
 
 
 class _Decoding:
@@ -154,11 +204,15 @@ def _interleaved_round(candidate: CausalLMBackend, baseline: CausalLMBackend, pr
     return float(np.median(this.steps_ms) / np.median(other.steps_ms))
 
 
-def contention_metric(name: str, share: float, limit: float = CONTENTION_LIMIT) -> Event:
-    note = None
-    if share > limit:
-        note = f"flagged: other processes used {share:.0%} of the CPU during the timed region (limit {limit:.0%})"
-    return metric(name, share, "share", note=note)
+def contention_metric(name: str, measured: disturbance.Measured[Any]) -> Event:
+    """The CPU share other processes used in the kept attempt, with every sign of disturbance in the note."""
+    monitor = measured.monitor
+    figures = f"steal {monitor.steal:.0%}, largest clock drop {monitor.clock_drop:.0%}"
+    note = f"{figures}; measured {len(measured.attempts)} time(s)"
+    if measured.disturbed:
+        note = f"flagged: {measured.disturbed}; {figures}"
+    return metric(name, monitor.contention, "share", note=note, disturbed=measured.disturbed,
+                  attempts=len(measured.attempts))
 
 
 def power_metrics(summary: dict[str, Any], step_s: float) -> Iterator[Event]:

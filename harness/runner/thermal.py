@@ -88,10 +88,10 @@ def warnings(before: dict[str, Any], after: dict[str, Any], during_max: dict[str
 
     ``during_max`` is the hottest reading per zone during the run: ``{type: °C}`` or a snapshot.
     """
-    return _trip_warnings(before, after, during_max) + _frequency_warnings(before, after) + _governor_notes(before, after)
+    return trip_warnings(before, after, during_max) + _frequency_warnings(before, after) + _governor_notes(before, after)
 
 
-def _trip_warnings(before: dict[str, Any], after: dict[str, Any], during_max: dict[str, Any] | None) -> list[str]:
+def trip_warnings(before: dict[str, Any], after: dict[str, Any], during_max: dict[str, Any] | None = None) -> list[str]:
     hottest = dict(after.get("zones", {}))
     during = (during_max or {}).get("zones", during_max or {})
     for zone, temp in during.items():
@@ -129,6 +129,16 @@ def _frequency_warnings(before: dict[str, Any], after: dict[str, Any]) -> list[s
         "thermal throttling or a power cap is likely"
         for (high, low, governor), cpus in groups.items()
     ]
+
+
+def largest_clock_drop(before: dict[str, Any], after: dict[str, Any]) -> float:
+    """The largest share by which a CPU's clock fell between two snapshots under the same governor."""
+    drops = [0.0]
+    for cpu, start in before.get("cpufreq", {}).items():
+        end = after.get("cpufreq", {}).get(cpu, {})
+        if start.get("cur_khz") and "cur_khz" in end and start.get("governor") == end.get("governor"):
+            drops.append(1 - end["cur_khz"] / start["cur_khz"])
+    return max(drops)
 
 
 def _governor_notes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:

@@ -1,4 +1,4 @@
-"""When to stop repeating a measurement, and how busy the rest of the device was meanwhile.
+"""When to stop repeating a measurement (how busy the device was meanwhile: ``disturbance``).
 
 Imported by the host too (``edgegate.stats``) so both sides compute the interval the same way.
 """
@@ -63,35 +63,3 @@ def relative_half_width(samples: list[float]) -> float:
     low, high = median_ci(samples, resamples=400)
     middle = float(np.median(samples))
     return (high - low) / 2 / middle if middle else float("inf")
-
-
-class CpuContention:
-    """Share of the device's CPU time used by other processes during a timed region.
-
-    All CPUs' busy time (psutil) minus this process's own CPU time, over wall time x CPUs.
-    """
-
-    def __enter__(self) -> CpuContention:
-        import psutil
-
-        self._process = psutil.Process()
-        self._start = (time.monotonic(), _busy(psutil.cpu_times()), _own(self._process))
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        import psutil
-
-        wall, busy, own = time.monotonic(), _busy(psutil.cpu_times()), _own(self._process)
-        elapsed = max(wall - self._start[0], 1e-9)
-        others = max((busy - self._start[1]) - (own - self._start[2]), 0.0)
-        self.share = min(others / (elapsed * (os.cpu_count() or 1)), 1.0)
-
-
-def _busy(times: Any) -> float:
-    idle = getattr(times, "idle", 0.0) + getattr(times, "iowait", 0.0)
-    return sum(times) - idle - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
-
-
-def _own(process: Any) -> float:
-    times = process.cpu_times()
-    return times.user + times.system
