@@ -3,6 +3,8 @@ fixed 1,000-sample rule, on one model on this machine, side by side in one run.
 
     python bench/bench_adaptive.py [--model PATH/model.onnx] [--rounds 3] [--target 0.01]
 
+Without --model it measures the default suite's int8 (built into the cache first if missing).
+
 Both rules run the runner's own decode measurement (same backend, same prompt, same threads);
 they alternate, `--rounds` times. For each run the table gives the samples taken, wall time,
 the median, and the half-width of its 95% bootstrap CI relative to the median.
@@ -11,23 +13,26 @@ the median, and the half-width of its 95% bootstrap CI relative to the median.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from edgegate.runner.backends import OnnxRuntimeBackend
+from edgegate.runner.backends import BACKENDS, OnnxRuntimeBackend
 from edgegate.runner.measure import decode
 from edgegate.runner.timing import relative_half_width
 
-PROMPT = list(range(100, 164))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import PROMPT, runner_backend, suite_model  # noqa: E402
+
 
 
 def main() -> None:
     args = parse_args()
-    backend = OnnxRuntimeBackend(str(args.model or newest("int4_weight_only")), ["CPUExecutionProvider"], 0)
+    model = args.model or suite_model()
+    backend = BACKENDS[runner_backend(model.parent)](str(model), ["CPUExecutionProvider"], 0)
     rules = {
         "adaptive": {"min_samples": 64, "max_samples": 4000, "max_seconds": 300, "target_ci": args.target},
         "fixed 1000": {"min_samples": 1000, "max_samples": 1000, "max_seconds": 1e9, "target_ci": 0.0},
@@ -52,14 +57,6 @@ def run(backend: OnnxRuntimeBackend, rule: dict) -> tuple[int, float, float, flo
     started = time.perf_counter()
     samples = next(e for e in decode(backend, job) if e["name"] == "decode_ms")["samples"]
     return len(samples), time.perf_counter() - started, float(np.median(samples)), relative_half_width(samples)
-
-
-def newest(recipe: str) -> Path:
-    cache = Path(os.environ.get("EDGEGATE_CACHE_DIR") or Path.home() / ".cache" / "edgegate") / "variants"
-    found = sorted(cache.glob(f"{recipe}-*/model.onnx"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise SystemExit(f"no {recipe} variant in {cache}: run the default suite first, or pass --model")
-    return found[-1]
 
 
 def print_table(rows: dict[str, list[tuple[int, float, float, float]]], target: float) -> None:

@@ -23,12 +23,12 @@ from edgegate.regression import DEFAULT_RULES, compare_metric
 from edgegate.transport import LocalTransport
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_adaptive import PROMPT, newest  # noqa: E402
+from benchlib import PROMPT, runner_backend, suite_model  # noqa: E402
 
 
 def main() -> None:
     args = parse_args()
-    model = args.model or newest("int4_weight_only")
+    model = args.model or suite_model()
     transport = LocalTransport(DeviceProfile(name="local", path=Path("local.yaml"), transport="local", python="auto"))
     started = time.perf_counter()
     a_sets, s_sets = [measure(transport, model, 0.0, args.samples)], []
@@ -54,7 +54,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def measure(transport: LocalTransport, model: Path, slowdown: float, samples: int) -> list[float]:
-    job = {"model": str(model), "providers": ["CPUExecutionProvider"], "threads": 0, "inject_slowdown": slowdown,
+    job = {"model": str(model), "backend": runner_backend(model.parent), "providers": ["CPUExecutionProvider"],
+           "threads": 0, "inject_slowdown": slowdown,
            "measurements": {"decode": {"prompt_ids": PROMPT, "tokens": 32, "warmup": 1, "min_samples": samples,
                                        "max_samples": samples, "max_seconds": 1e9, "target_ci": 0.0}}}
     events = transport.run_job(job, timeout_s=600)
@@ -62,7 +63,7 @@ def measure(transport: LocalTransport, model: Path, slowdown: float, samples: in
 
 
 def judge(rule, baseline: list[float], candidate: list[float]) -> bool:
-    return compare_metric(rule, None, baseline, None, candidate).regressed
+    return compare_metric(rule, None, baseline, None, candidate, (32, 32)).regressed  # rounds of 32 steps
 
 
 def report(args, model, rule, a_sets, false_alarms, detections, is_default: bool) -> None:

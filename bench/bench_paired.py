@@ -73,8 +73,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--slowdown", type=float, default=0.05)
     parser.add_argument("--rounds", type=int, default=paired.ROUNDS)
     parser.add_argument("--tokens", type=int, default=paired.TOKENS)
-    parser.add_argument("--reopen", action=argparse.BooleanOptionalAction, default=paired.REOPEN,
-                        help="open both sessions anew before each paired round")
+    parser.add_argument("--reopen-every", type=int, default=paired.REOPEN_EVERY,
+                        help="rounds between opening both sessions anew, in alternating order")
     parser.add_argument("--hog", action="store_true", help="a CPU hog pinned to CPU 0 for the whole run")
     return parser.parse_args()
 
@@ -100,11 +100,12 @@ def measure(transport: LocalTransport, model: Path, slowdown: float, args: argpa
               "max_samples": PLAIN_ROUNDS * args.tokens, "max_seconds": 1e9, "target_ci": 0.0,
               }
     pairing = {"baseline_model": str(model), "baseline_label": "A", "prompt_ids": PROMPT, "tokens": args.tokens,
-               "warmup": paired.WARMUP, "rounds": args.rounds, "reopen": args.reopen}
+               "warmup": paired.WARMUP, "rounds": args.rounds, "reopen_every": args.reopen_every}
     job = {"model": str(model), "backend": runner_backend(model.parent), "providers": ["CPUExecutionProvider"],
            "threads": 0, "inject_slowdown": slowdown, "disturbance": {"retries": 0},
            "measurements": {"decode": decode, "paired_decode": pairing}}
-    found: dict[str, Any] = {"slowdown": slowdown, "rounds": args.rounds, "tokens": args.tokens, "reopen": args.reopen}
+    found: dict[str, Any] = {"slowdown": slowdown, "rounds": args.rounds, "tokens": args.tokens,
+                             "reopen_every": args.reopen_every}
     begin = last = time.perf_counter()
     for event in transport.run_job(job, timeout_s=600):
         if event.get("event") == "metric" and event["name"] in ("decode_ms", "decode_vs_baseline", "decode_contention"):
@@ -144,19 +145,20 @@ def report(jobs: list[dict[str, Any]], slowdown: float) -> None:
     for (hog, config), group in sorted(_groups(jobs).items()):
         a_jobs = [j for j in group if j["kind"] == "A"]
         s_jobs = [j for j in group if j["kind"] == "S"]
-        rounds, tokens, reopen = config
+        rounds, tokens, every = config
         print(f"\n## {'busy (a CPU hog on CPU 0)' if hog else 'quiet'}: {len(a_jobs)} A jobs, {len(s_jobs)} S jobs "
               f"(+{slowdown:.0%}); paired: {rounds} rounds of {tokens} steps, "
-              f"{'sessions reopened each round' if reopen else 'one session each'}")
+              f"{f'sessions reopened every {every} rounds, alternating order' if every else 'one session each'}")
         print(f"contention during plain decode: median {np.median([j.get('decode_contention', 0) for j in group]):.0%}")
         report_night_to_night(a_jobs, s_jobs)
         report_side_by_side(a_jobs, s_jobs, slowdown)
 
 
-def _groups(jobs: list[dict[str, Any]]) -> dict[tuple[bool, tuple[int, int, bool]], list[dict[str, Any]]]:
-    groups: dict[tuple[bool, tuple[int, int, bool]], list[dict[str, Any]]] = {}
+def _groups(jobs: list[dict[str, Any]]) -> dict[tuple[bool, tuple[int, int, int]], list[dict[str, Any]]]:
+    """Jobs by machine state and paired method (files from before ``reopen_every``: one session each)."""
+    groups: dict[tuple[bool, tuple[int, int, int]], list[dict[str, Any]]] = {}
     for job in jobs:
-        key = (bool(job.get("hog")), (job.get("rounds", 12), job.get("tokens", 16), bool(job.get("reopen"))))
+        key = (bool(job.get("hog")), (job.get("rounds", 12), job.get("tokens", 16), int(job.get("reopen_every") or 0)))
         groups.setdefault(key, []).append(job)
     return groups
 
@@ -169,7 +171,7 @@ def report_night_to_night(a_jobs: list[dict], s_jobs: list[dict]) -> None:
     seconds = np.median([job["decode_ms_s"] for job in a_jobs])
     print(f"night to night: A medians p5 {p5:.2f}, p50 {p50:.2f}, p95 {p95:.2f} ms/token (p95/p5 {p95 / p5:.3f}); "
           f"{seconds:.1f} s per judgement (process start, load, warm-up, {PLAIN_ROUNDS} rounds)")
-    print(f"| decode_ms rule | A/A false alarms | A/S detected |\n|---|---|---|")
+    print("| decode_ms rule | A/A false alarms | A/S detected |\n|---|---|---|")
     for limit in (0.03, 0.05, 0.10, 0.20):
         rule = dataclasses.replace(DEFAULT_RULES["decode_ms"], max_change=limit)
         alarms = [judge(rule, a, b) for a, b in zip(a_jobs, a_jobs[1:])]
@@ -184,7 +186,7 @@ def report_side_by_side(a_jobs: list[dict], s_jobs: list[dict], slowdown: float)
     print(f"side by side: A/A median ratio p5 {np.exp(np.percentile(aa, 5)):.4f}, p50 {np.exp(np.median(aa)):.4f}, "
           f"p95 {np.exp(np.percentile(aa, 95)):.4f}, p99 {np.exp(np.percentile(aa, 99)):.4f}; A/S p5 "
           f"{np.exp(np.percentile(sa, 5)):.4f}, p50 {np.exp(np.median(sa)):.4f}; {seconds:.1f} s per judgement")
-    print(f"| decode_vs_baseline rule | A/A false alarms | A/S detected |\n|---|---|---|")
+    print("| decode_vs_baseline rule | A/A false alarms | A/S detected |\n|---|---|---|")
     for limit in (0.01, 0.02, 0.03):
         rule = dataclasses.replace(DEFAULT_RULES["decode_vs_baseline"], max_change=limit)
         alarms = [compare_paired(rule, job["decode_vs_baseline"], "A").regressed for job in a_jobs[1:]]

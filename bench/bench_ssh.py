@@ -25,6 +25,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
+
+from benchlib import suite_model  # noqa: E402
 
 from sshdevices import SshDeviceFarm  # noqa: E402
 
@@ -80,7 +83,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--mb", type=int, default=256, help="size of the uploaded file")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--model", type=Path, default=None, help="ONNX model for the latency comparison "
-                        "(default: the newest int4 SmolLM2 variant in the cache)")
+                        "(default: the default suite's fp16, a plain export the bare loop can drive)")
     parser.add_argument("--tokens", type=int, default=32)
     return parser.parse_args()
 
@@ -123,7 +126,7 @@ def scp_seconds(device, blob: Path, remote: str) -> float:
 
 
 def latency_rows(transport: SshTransport, scratch: Path, args: argparse.Namespace) -> list[tuple[str, float, str]]:
-    model = args.model or newest_int4()
+    model = args.model or suite_model(variant="fp16")  # the bare loop below drives the plain export's layout
     setup_device("dev", transport, scratch / "wheels", log=lambda _: None)
     transport.ensure_runner()
     folder = transport.stage(model.parent, {model.name: file_sha256(model)})
@@ -143,14 +146,6 @@ def latency_rows(transport: SshTransport, scratch: Path, args: argparse.Namespac
         ("bare onnxruntime loop p50, ms/token", b, "same device, same model, same run"),
         ("ratio harness / bare", h / b, ""),
     ]
-
-
-def newest_int4() -> Path:
-    cache = Path(os.environ.get("EDGEGATE_CACHE_DIR") or Path.home() / ".cache" / "edgegate") / "variants"
-    found = sorted(cache.glob("int4_weight_only-*/model.onnx"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        sys.exit("no int4 variant in the cache: run the default suite first, or pass --model")
-    return found[-1]
 
 
 def print_table(rows: list[tuple[str, float, str]], namespaced: bool) -> None:

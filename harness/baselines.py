@@ -1,17 +1,21 @@
 """Which past run a new run is compared with, and that run's numbers.
 
 By default the baseline is the pinned run for the suite/device/variant, else the last run on the
-main line in which that variant passed: a failed night or a feature branch must never become
-the yardstick. ``--baseline`` names one instead, by run id or by a git ref/tag/sha.
+main line in which that variant passed cleanly: a failed night, a feature branch, a night whose
+timed regions stayed disturbed, one run with an injected slowdown or one whose device lease was
+lost must never become the yardstick. The passing runs skipped for that are kept with the
+choice, with their reasons, for the report. ``--baseline`` names one instead, by run id or by a git ref/tag/sha.
 A missing baseline is None, never an error: the caller reports "no baseline" and moves on.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -24,10 +28,25 @@ DIRTY = "-dirty"
 
 @dataclass(frozen=True)
 class BaselineChoice:
-    """The run chosen as baseline and how it was chosen (shown next to every regression)."""
+    """The run chosen as baseline and how it was chosen (shown next to every regression);
+    ``skipped``: newer passing runs that were not clean enough, as "RUN_ID: why"."""
 
     run_id: str
     reason: str
+    skipped: tuple[str, ...] = ()
+
+
+def skipped_runs(store: HistoryStore, suite: str, device: str, variant: str, exclude_run: str | None = None,
+                 newer_than: str | None = None, main_branches: Sequence[str] = MAIN_BRANCHES) -> tuple[str, ...]:
+    """Passing runs on the main line that may not be baselines, newest first, down to ``newer_than``."""
+    runs = _on_main(store.passing_runs(suite, device, variant), main_branches)
+    skipped = []
+    for row in runs.itertuples():
+        if row.run_id == newer_than:
+            break
+        if row.run_id != exclude_run and isinstance(row.excluded, str):
+            skipped.append(f"{row.run_id}: {row.excluded}")
+    return tuple(skipped)
 
 
 def find_baseline(
@@ -64,15 +83,22 @@ def _default(store: HistoryStore, suite: str, device: str, variant: str, main_br
     pinned = store.pinned(suite, device, variant)
     if pinned is not None and pinned != exclude_run:
         return BaselineChoice(pinned, "pinned")
-    runs = _passing(store, suite, device, variant, exclude_run)
-    on_main = runs[runs.branch.isna() | runs.branch.isin(list(main_branches))]
+    on_main = _on_main(_passing(store, suite, device, variant, exclude_run), main_branches)
     if on_main.empty:
         return None
-    return BaselineChoice(str(on_main.run_id.iloc[0]), f"last passing run on {'/'.join(main_branches)}")
+    chosen = str(on_main.run_id.iloc[0])
+    skipped = skipped_runs(store, suite, device, variant, exclude_run, chosen, main_branches)
+    return BaselineChoice(chosen, f"last clean passing run on {'/'.join(main_branches)}", skipped)
+
+
+def _on_main(runs: pd.DataFrame, main_branches: Sequence[str]) -> pd.DataFrame:
+    return runs[runs.branch.isna() | runs.branch.isin(list(main_branches))]
 
 
 def _passing(store: HistoryStore, suite: str, device: str, variant: str, exclude_run: str | None) -> pd.DataFrame:
+    """Passing runs that may be baselines (clean), newest first."""
     runs = store.passing_runs(suite, device, variant)
+    runs = runs[runs.excluded.isna()]
     return runs[runs.run_id != exclude_run] if exclude_run else runs
 
 
@@ -104,8 +130,20 @@ def _same_commit(recorded: object, commit: str) -> bool:
 
 
 def baseline_samples(store: HistoryStore, run_id: str, suite: str, device: str,
-                     variant: str) -> dict[str, tuple[float | None, list[float] | None]]:
-    """{metric: (value, raw samples or None)} of one run's suite/device/variant, ready for
-    :func:`edgegate.regression.compare_metric`. The last row wins if a metric was recorded twice."""
+                     variant: str) -> dict[str, tuple[float | None, list[float] | None, int]]:
+    """{metric: (value, raw samples or None, samples per unit)} of one run's suite/device/variant,
+    ready for :func:`edgegate.regression.compare_metric`. The last row wins if a metric was
+    recorded twice."""
     rows = store.frame("results", run_id, where={"suite": suite, "device": device, "variant": variant})
-    return {str(row.metric): (decode_value(row.value), decode_samples(row.samples)) for row in rows.itertuples()}
+    return {str(row.metric): (decode_value(row.value), decode_samples(row.samples), _unit_size(row))
+            for row in rows.itertuples()}
+
+
+def _unit_size(row: Any) -> int:
+    """Samples per independent unit; rows written before it was recorded give it in the note
+    (a decode round from depth A to B has B - A + 1 steps)."""
+    size = decode_value(getattr(row, "unit_size", None))
+    if size:
+        return int(size)
+    match = re.search(r"depth (\d+)-(\d+)", str(row.note or ""))
+    return int(match.group(2)) - int(match.group(1)) + 1 if match and row.metric == "decode_ms" else 1

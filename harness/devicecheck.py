@@ -63,20 +63,23 @@ class DeviceReport:
     device: str
     facts: dict[str, Any] = field(default_factory=dict)
     problems: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()  # worth fixing, but the device can measure
 
     @property
     def ready(self) -> bool:
         return not self.problems
 
     def explain(self) -> str:
+        notes = [f"  - warning: {w}" for w in self.warnings]
         if self.ready:
-            return f"device {self.device} is ready: " + _summary(self.facts)
-        lines = [f"device {self.device} is not ready:"] + [f"  - {p}" for p in self.problems]
+            return "\n".join([f"device {self.device} is ready: " + _summary(self.facts), *notes])
+        lines = [f"device {self.device} is not ready:"] + [f"  - {p}" for p in self.problems] + notes
         return "\n".join(lines)
 
 
-def probe(device: str, runner: CommandRunner, providers: tuple[str, ...] = ()) -> DeviceReport:
-    """Run the probe with the device's python; missing modules and providers become problems."""
+def probe(device: str, runner: CommandRunner, providers: tuple[str, ...] = (), threads: int = 0) -> DeviceReport:
+    """Run the probe with the device's python; missing modules and providers become problems,
+    a profile asking for more threads than the device has CPUs a warning."""
     python = runner.python()
     result = runner.run([python, "-c", PROBE, runner.device_path()], timeout_s=PROBE_TIMEOUT_S)
     if result.exit_status != 0:
@@ -84,7 +87,15 @@ def probe(device: str, runner: CommandRunner, providers: tuple[str, ...] = ()) -
         return DeviceReport(device, {}, (f"cannot run {python}: {why[0]}; install Python 3 on the device "
                                           f"or set `python:` in its profile",))
     facts = json.loads(result.stdout.strip().splitlines()[-1])
-    return DeviceReport(device, facts, tuple(_problems(device, facts, providers)))
+    return DeviceReport(device, facts, tuple(_problems(device, facts, providers)), tuple(_warnings(facts, threads)))
+
+
+def _warnings(facts: dict[str, Any], threads: int) -> list[str]:
+    cpus = facts.get("cpu_count")
+    if threads and isinstance(cpus, int) and threads > cpus:
+        return [f"the profile asks for threads: {threads}, but the device has {cpus} CPUs: the extra threads "
+                f"share cores and slow every measurement; set threads: {cpus} (or 0 for onnxruntime's default)"]
+    return []
 
 
 def _problems(device: str, facts: dict[str, Any], providers: tuple[str, ...]) -> list[str]:

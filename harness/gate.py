@@ -64,19 +64,23 @@ def check(
     values: dict[str, float | None],
     reference: dict[str, float | None] | None,
     notes: dict[str, str] | None = None,
+    intervals: dict[str, tuple[float, float]] | None = None,
 ) -> list[Breach]:
-    """Every threshold that ``values`` break, in metric order. Unknowable counts as broken."""
+    """Every threshold that ``values`` break, in metric order. Unknowable counts as broken. A
+    breach of a metric with a 95% interval gives it, and says when the interval straddles the limit."""
     breaches = []
     for metric, rules in thresholds.items():
         for rule in rules:
-            breach = _check_one(rule, values.get(metric), reference, (notes or {}).get(metric))
+            breach = _check_one(rule, values.get(metric), reference, (notes or {}).get(metric),
+                                (intervals or {}).get(metric))
             if breach is not None:
                 breaches.append(breach)
     return breaches
 
 
 def _check_one(
-    rule: Threshold, value: float | None, reference: dict[str, float | None] | None, note: str | None
+    rule: Threshold, value: float | None, reference: dict[str, float | None] | None, note: str | None,
+    interval: tuple[float, float] | None = None,
 ) -> Breach | None:
     if value is None or math.isnan(value):
         why = note or "not measured"
@@ -94,7 +98,13 @@ def _check_one(
         return None
     unit = METRICS[rule.metric].unit
     symbol = ">" if rule.kind.startswith("max") else "<"
-    return Breach(rule, value, limit, f"{rule.metric} = {value:.4g}{unit and ' ' + unit} {symbol} limit {limit:.4g}{basis}")
+    shown = f" (95% interval {interval[0]:.4g}-{interval[1]:.4g}{_straddles(interval, limit)})" if interval else ""
+    return Breach(rule, value, limit,
+                  f"{rule.metric} = {value:.4g}{unit and ' ' + unit}{shown} {symbol} limit {limit:.4g}{basis}")
+
+
+def _straddles(interval: tuple[float, float], limit: float) -> str:
+    return ", straddles the limit: within noise of it" if interval[0] <= limit <= interval[1] else ""
 
 
 def merge(*layers: dict[str, tuple[Threshold, ...]]) -> dict[str, tuple[Threshold, ...]]:
@@ -120,3 +130,22 @@ def limits(thresholds: dict[str, tuple[Threshold, ...]], reference: dict[str, fl
         if parts:
             shown[metric] = ", ".join(parts)
     return shown
+
+
+def straddling(thresholds: dict[str, tuple[Threshold, ...]], intervals: dict[str, tuple[float, float]],
+               reference: dict[str, float | None] | None) -> dict[str, str]:
+    """Metrics whose 95% interval contains one of their limits: the verdict on them is within noise."""
+    found: dict[str, str] = {}
+    for metric, interval in intervals.items():
+        for rule in thresholds.get(metric, ()):
+            limit = _resolved(rule, reference)
+            if limit is not None and interval[0] <= limit <= interval[1]:
+                found[metric] = f"95% interval {interval[0]:.4g}-{interval[1]:.4g} straddles the limit {limit:.4g}"
+    return found
+
+
+def _resolved(rule: Threshold, reference: dict[str, float | None] | None) -> float | None:
+    if not rule.kind.endswith("ratio"):
+        return rule.limit
+    ref_value = (reference or {}).get(rule.metric)
+    return rule.limit * ref_value if ref_value is not None and not math.isnan(ref_value) else None

@@ -55,6 +55,18 @@ _CATALOG = (
 )
 
 METRICS: dict[str, MetricInfo] = {info.name: info for info in _CATALOG}
+# What each kind of suite measures (``BaseModelSpec.task``); a device profile's limit on a metric
+# its suite does not measure does not apply to that suite.
+_ENCODER_ONLY = frozenset({"embed_ms", "sentences_per_s", "cosine_mean", "cosine_min", "rank_spearman",
+                           "gold_spearman", "embed_contention"})
+_DECODER_ONLY = frozenset({"prefill_ms", "prefill_tok_s", "decode_ms", "decode_tok_s", "decode_vs_baseline",
+                           "perplexity", "kl_mean", "kl_max", "top1_agreement", "ttft_ms", "roofline_fraction",
+                           "decode_ceiling_tok_s", "weights_mb_per_token", "memory_bandwidth_gbs",
+                           "energy_per_token_j", "energy_per_prefill_j", "prefill_contention", "decode_contention"})
+TASK_METRICS: dict[str, frozenset[str]] = {
+    "causal_lm": frozenset(METRICS) - _ENCODER_ONLY,
+    "sentence_embedding": frozenset(METRICS) - _DECODER_ONLY,
+}
 REPORT_ORDER: tuple[str, ...] = tuple(info.name for info in _CATALOG)
 
 

@@ -24,7 +24,7 @@ from .variants.factory import Artifact
 ROUNDS = 12  # rounds, one ratio each; the Wilcoxon test's smallest one-sided p is then 1/4096
 TOKENS = 16  # interleaved steps per round and build: 12 x 2 x 16 steps, about 15 s for SmolLM2 on two cores
 WARMUP = 1
-REOPEN = False  # open both sessions anew before each round (bench/bench_paired.py measures what it buys)
+REOPEN_EVERY = 6  # rounds between opening both sessions anew, the other first each time (see the runner)
 
 
 def plan(store: HistoryStore, cache_root: Path, choice: BaselineChoice | None, suite: Suite, variant: str,
@@ -53,4 +53,17 @@ def measurement(transport: Transport, planned: tuple[Path, dict[str, str]], deco
     remote = PurePosixPath(transport.stage(folder, hashes), "model.onnx")
     return {"baseline_model": str(remote), "baseline_label": f"the build of baseline run {choice.run_id}",
             "prompt_ids": decode["prompt_ids"], "tokens": min(TOKENS, decode["tokens"]), "warmup": WARMUP,
-            "rounds": ROUNDS, "reopen": REOPEN}
+            "rounds": ROUNDS, "reopen_every": REOPEN_EVERY}
+
+
+def same_build_spread(store: HistoryStore, suite: str, device: str, variant: str, key: str,
+                      metric: str = "decode_ms") -> tuple[int, float, float] | None:
+    """(runs, lowest, highest) of ``metric``'s median over the clean runs that measured this very
+    build on this device: how far the environment alone moved it, night to night. None below 2 runs."""
+    builds = store.frame("artifacts", where={"suite": suite, "variant": variant, "key": key})
+    results = store.frame("results", where={"suite": suite, "device": device, "variant": variant, "metric": metric})
+    clean = results[results.run_id.isin(set(builds.run_id)) & results.disturbed.isna()].dropna(subset=["value"])
+    medians = clean.drop_duplicates("run_id", keep="last").value
+    if len(medians) < 2:
+        return None
+    return len(medians), float(medians.min()), float(medians.max())

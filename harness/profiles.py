@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .config import Fields, load_yaml_mapping
 from .errors import ConfigError
 from .gate import Threshold, parse_thresholds
+from .suites import disturbance_overrides
 
 PROFILE_SCHEMA = 1
 POWER_SENSORS = ("none", "ina3221", "rapl", "nvml", "command")
@@ -64,6 +66,7 @@ class DeviceProfile:
     thresholds: dict[str, tuple[Threshold, ...]] = field(default_factory=dict)
     lease: LeaseSettings = field(default_factory=LeaseSettings)
     measurement_timeout_s: float = DEFAULT_MEASUREMENT_TIMEOUT_S  # longest the runner may stay silent
+    disturbance: dict[str, Any] = field(default_factory=dict)  # overrides of the suite's disturbance limits
 
 
 def load_profile(path: Path) -> DeviceProfile:
@@ -94,6 +97,7 @@ def load_profile(path: Path) -> DeviceProfile:
         thresholds=parse_thresholds(path, "thresholds", fields.get("thresholds", dict, {})),
         lease=_lease(fields.sub("lease")),
         measurement_timeout_s=float(fields.number("measurement_timeout_s", DEFAULT_MEASUREMENT_TIMEOUT_S, minimum=1)),
+        disturbance=disturbance_overrides(fields.sub("disturbance")),
     )
     fields.finish()
     return profile

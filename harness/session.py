@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -12,10 +13,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from . import devicecheck, evaldata, gate, paired, sentence_pairs
-from .baselines import BaselineChoice, baseline_samples, find_baseline
+from .baselines import BaselineChoice, baseline_samples, find_baseline, skipped_runs
 from .devicecheck import DeviceReport
 from .errors import BuildError, DeviceNotReady, EdgeGateError, RunnerError
 from .lease import Leases, lease_owner
+from .metrics import TASK_METRICS
 from .profiles import DeviceProfile
 from .regression import DEFAULT_RULES, PAIRED_METRICS, compare_metric, compare_paired
 from .stats import Summary, summarize
@@ -23,10 +25,12 @@ from .store import HistoryStore
 from .suites import Suite, VariantSpec
 from .transport import Transport, open_transport
 from .variants.factory import Artifact, VariantFactory
+from .verdict import Verdict, decide
 
 # Defined only against a reference.
 RELATIVE_METRICS = ("kl_mean", "kl_max", "top1_agreement", "cosine_mean", "cosine_min", "rank_spearman")
-SLOWDOWN_ENV = "EDGEGATE_INJECT_SLOWDOWN"  # e.g. 0.10: every timed call sleeps 10% longer; to test the gate
+SLOWDOWN_ENV = "EDGEGATE_INJECT_SLOWDOWN"  # e.g. 0.10: every timed call takes 10% longer; to test the gate
+TIMED_UNITS = ("ms", "tok/s", "sent/s", "x", "J", "W")  # a lost lease disturbs every metric in these units
 
 
 @dataclass
@@ -37,6 +41,10 @@ class MetricResult:
     samples: list[float] | None = None
     note: str | None = None
     summary: Summary | None = None
+    disturbed: str | None = None  # why the timed region stayed disturbed after re-measuring; None: clean
+    attempts: int = 1  # how often the runner measured the region
+    unit_size: int = 1  # consecutive samples that form one independent unit (a decode round)
+    interval: tuple[float, float] | None = None  # 95% interval of a one-number metric (accuracy: bootstrap)
 
 
 @dataclass
@@ -47,12 +55,21 @@ class VariantResult:
     metrics: dict[str, MetricResult] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
+    excluded: list[str] = field(default_factory=list)  # run-wide reasons this may not be a baseline
 
     def values(self) -> dict[str, float | None]:
         return {name: m.value for name, m in self.metrics.items()}
 
     def notes(self) -> dict[str, str]:
         return {name: m.note for name, m in self.metrics.items() if m.note}
+
+    def intervals(self) -> dict[str, tuple[float, float]]:
+        """Metric -> its 95% interval, where one was measured."""
+        return {name: m.interval for name, m in self.metrics.items() if m.interval}
+
+    def disturbed(self) -> dict[str, str]:
+        """Metric -> why its timed region stayed disturbed."""
+        return {name: m.disturbed for name, m in self.metrics.items() if m.disturbed}
 
 
 class RunSession:
@@ -78,7 +95,10 @@ class RunSession:
         self.baseline_spec = baseline_spec
         self.repo = repo
         self.baselines: dict[tuple[str, str, str], BaselineChoice | None] = {}
+        self.skipped_baselines: dict[tuple[str, str, str], tuple[str, ...]] = {}  # passing runs not clean enough
+        self.paired_notes: dict[tuple[str, str, str], str] = {}  # why decode was not measured side by side
         self.limits: dict[tuple[str, str, str], dict[str, str]] = {}  # shown next to the values
+        self.straddles: dict[tuple[str, str, str], dict[str, str]] = {}  # metric -> interval around its limit
         self.leases = Leases(lease_owner(run_id), lease_wait_s, accept_new_host_keys, log)  # one measurement at a time
 
     def factory(self, suite: Suite) -> VariantFactory:
@@ -99,32 +119,47 @@ class RunSession:
                 raise
         return self._results[key]
 
-    def judge(self, suite: Suite, device: DeviceProfile, variant: VariantSpec) -> list[gate.Breach]:
-        """The thresholds this variant breaks on this device (suite < variant < device profile)."""
+    def judge(self, suite: Suite, device: DeviceProfile, variant: VariantSpec) -> Verdict:
+        """Ship, blocked (the thresholds, suite < variant < device profile, and regressions it
+        breaks) or inconclusive (a judged latency stayed disturbed), recorded in the history."""
         result = self.measure(suite, device, variant)
-        thresholds = gate.merge(suite.thresholds, variant.thresholds, device.thresholds)
+        thresholds = gate.merge(suite.thresholds, variant.thresholds, applicable(device.thresholds, suite))
         reference = None
         if variant.name == suite.reference:
             thresholds = _absolute_only(thresholds)
         else:
             reference_result = self._reference(suite, device)
             reference = reference_result.values() if reference_result else {}
-        breaches = gate.check(thresholds, result.values(), reference, result.notes())
+        breaches = gate.check(thresholds, result.values(), reference, result.notes(), result.intervals())
         self.limits[(suite.name, device.name, variant.name)] = gate.limits(thresholds, reference)
-        breaches += self._regressions(suite, device, variant, result)
+        self.straddles[(suite.name, device.name, variant.name)] = gate.straddling(thresholds, result.intervals(), reference)
+        judged = set(thresholds)
+        breaches += self._regressions(suite, device, variant, result, judged)
+        expected = variant.expected_blocked(device.name)
+        excluded = result.excluded + (["regressed against its baseline"] if expected and _regressed(breaches) else [])
+        verdict = decide(breaches, judged, result.disturbed(), result.values(), excluded)
+        outcome = "error" if result.errors else verdict.outcome
         self.store.append_verdict({
             "run_id": self.run_id, "time": _now(), "suite": suite.name, "device": device.name,
-            "variant": variant.name, "passed": not breaches and not result.errors,
-            "breaches": [b.reason for b in breaches], "error": "; ".join(result.errors) or None,
+            "variant": variant.name, "passed": verdict.passed and not result.errors, "verdict": outcome,
+            "breaches": [b.reason for b in verdict.breaches], "error": "; ".join(result.errors) or None,
+            "inconclusive": list(verdict.inconclusive), "baseline_excluded": verdict.baseline_excluded,
+            "expected": expected.blocked if expected else None,
         })
-        return breaches
+        return verdict
 
     def _regressions(self, suite: Suite, device: DeviceProfile, variant: VariantSpec,
-                     result: VariantResult) -> list[gate.Breach]:
-        """Metrics that got worse than the baseline run, beyond their rule and beyond noise."""
+                     result: VariantResult, judged: set[str]) -> list[gate.Breach]:
+        """Metrics that got worse than the baseline run, beyond their rule and beyond noise
+        (each metric compared lands in ``judged``)."""
+        key = (suite.name, device.name, variant.name)
         choice = find_baseline(self.store, suite.name, device.name, variant.name, self.baseline_spec,
                                exclude_run=self.run_id, repo=self.repo)
-        self.baselines[(suite.name, device.name, variant.name)] = choice
+        self.baselines[key] = choice
+        self.skipped_baselines[key] = choice.skipped if choice else skipped_runs(
+            self.store, suite.name, device.name, variant.name, exclude_run=self.run_id)
+        for skipped in self.skipped_baselines[key]:
+            self.log(f"{variant.name} on {device.name}: not a baseline: run {skipped}")
         if choice is None:
             self.log(f"{variant.name} on {device.name}: no baseline yet, thresholds only")
             return []
@@ -135,9 +170,11 @@ class RunSession:
                 comparison = compare_paired(rule, result.metrics[name].samples, f"the build of run {choice.run_id}")
             elif name in old and name in result.metrics:
                 new = result.metrics[name]
-                comparison = compare_metric(rule, *old[name], new.value, new.samples)
+                value, samples, unit_size = old[name]
+                comparison = compare_metric(rule, value, samples, new.value, new.samples, (unit_size, new.unit_size))
             else:
                 continue
+            judged.add(name)
             if comparison.regressed:
                 reason = f"{comparison.message()} vs baseline {choice.run_id} ({choice.reason})"
                 breaches.append(gate.Breach(gate.Threshold(name, "baseline", rule.max_change),
@@ -185,7 +222,7 @@ class RunSession:
         if device.name in self.device_reports:
             return transport
         try:
-            report = devicecheck.probe(device.name, transport, device.execution_providers)
+            report = devicecheck.probe(device.name, transport, device.execution_providers, device.threads)
             if not report.ready:
                 raise DeviceNotReady(report.explain())
             transport.ensure_runner()
@@ -207,13 +244,25 @@ class RunSession:
         self._add_paired(suite, device, variant, artifact, transport, job)
         self.log(f"measuring {variant.name} on {device.name}")
         result = VariantResult(suite.name, device.name, variant.name)
-        with self.leases.hold(device):
+        if job["inject_slowdown"]:
+            result.excluded.append(f"injected slowdown {SLOWDOWN_ENV}={job['inject_slowdown']:g}")
+        with self.leases.hold(device) as lease:
             self._run(transport, job, device, result)
+        if lease.lost:
+            self._lease_lost(result, lease.lost)
         roofline = self._roofline(suite, device, variant, artifact, result) if suite.base_model.task == "causal_lm" else []
         for metric in roofline:
             result.metrics[metric.name] = metric
             self.store.append_results([self._row(result, metric)])
         return result
+
+    def _lease_lost(self, result: VariantResult, why: str) -> None:
+        """Another run may have measured on the device meanwhile: every timing is disturbed."""
+        reason = f"the device lease was lost during the measurement ({why})"
+        result.excluded.append(reason)
+        for metric in result.metrics.values():
+            if metric.unit in TIMED_UNITS and not metric.disturbed:
+                metric.disturbed = reason
 
     def _roofline(self, suite: Suite, device: DeviceProfile, variant: VariantSpec, artifact: Artifact,
                   result: VariantResult) -> list[MetricResult]:
@@ -229,7 +278,8 @@ class RunSession:
         ceiling = bandwidth * 1e9 / weight_bytes
         basis = f"{bandwidth:.1f} GB/s ({source}) / {weight_bytes / 1e6:.0f} MB per token"
         return metrics + [MetricResult("decode_ceiling_tok_s", ceiling, "tok/s", note=basis),
-                          MetricResult("roofline_fraction", decode.value / ceiling, "", note=basis)]
+                          MetricResult("roofline_fraction", decode.value / ceiling, "", note=basis,
+                                       disturbed=decode.disturbed)]
 
     def _weight_bytes(self, artifact: Artifact) -> int:
         if artifact.key not in self._weight_bytes_memo:
@@ -260,9 +310,24 @@ class RunSession:
         planned = paired.plan(self.store, self.cache_root, choice, suite, variant.name, artifact)
         if isinstance(planned, str):
             self.log(f"{variant.name} on {device.name}: decode not paired: {planned}")
+            self.paired_notes[(suite.name, device.name, variant.name)] = self._night_to_night(
+                planned, suite, device, variant, artifact)
             return
         assert choice is not None
         measurements["paired_decode"] = paired.measurement(transport, planned, measurements["decode"], choice)
+
+    def _night_to_night(self, why: str, suite: Suite, device: DeviceProfile, variant: VariantSpec,
+                        artifact: Artifact) -> str:
+        """Why decode is not paired and, for the same build, what a night-to-night rule can see here."""
+        spread = paired.same_build_spread(self.store, suite.name, device.name, variant.name, artifact.key)
+        if spread is None or not why.startswith("same build"):
+            return why
+        runs, low, high = spread
+        rule = (suite.regressions or DEFAULT_RULES).get("decode_ms")
+        limit = f"its rule's +{rule.max_change:.0%}" if rule else "a rule (decode_ms has none)"
+        return (f"{why}. Over {runs} clean runs of this build on {device.name}, its decode median moved between "
+                f"{low:.3g} and {high:.3g} ms ({high / low - 1:+.1%}) with nothing changed but the environment: "
+                f"a change of the device or its software is seen night to night only beyond that and beyond {limit}")
 
     def _job(self, suite: Suite, device: DeviceProfile, variant: VariantSpec, artifact: Artifact) -> dict[str, Any]:
         if suite.base_model.task == "sentence_embedding":
@@ -275,7 +340,7 @@ class RunSession:
         accuracy: dict[str, Any] = {"windows": [list(w) for w in text.windows]}
         # Keyed by what determines the reference's log-probs, so each run overwrites, never piles up.
         reference_key = self.factory(suite).artifact(suite.variant(suite.reference)).key
-        logprobs_name = f"{reference_key[:16]}-{text.text_sha256[:12]}-{len(text.windows)}x{len(text.windows[0])}.npy"
+        logprobs_name = f"{reference_key[:16]}-{text.text_sha256[:12]}-{len(text.windows)}x{len(text.windows[0])}.npz"
         logprobs_path = self._transport(device).device_path("logprobs", logprobs_name)
         if variant.name == suite.reference:
             accuracy["save_logprobs"] = logprobs_path
@@ -284,7 +349,7 @@ class RunSession:
             if reference is not None and "perplexity" in reference.metrics:
                 accuracy["reference_logprobs"] = logprobs_path
         return {
-            **_runtime_fields(device, decoder_backend(artifact)),
+            **_runtime_fields(suite, device, decoder_backend(artifact)),
             "measurements": {
                 "prefill": {"prompt_ids": list(text.prompt_ids), **_stop_fields(suite.prefill)},
                 "decode": {"prompt_ids": list(text.prompt_ids[: suite.decode.prompt_tokens]),
@@ -313,7 +378,7 @@ class RunSession:
             if reference is not None and "gold_spearman" in reference.metrics:
                 similarity["reference_embeddings"] = embeddings_path
         batch = [list(s) for s in pairs.sentences[: suite.embed.batch]]
-        return {**_runtime_fields(device, "onnxruntime_encoder"), "measurements": {
+        return {**_runtime_fields(suite, device, "onnxruntime_encoder"), "measurements": {
             "embed": {"sentences": batch, **_stop_fields(suite.embed)}, "similarity": similarity}}
 
     def _run(self, transport: Transport, job: dict[str, Any], device: DeviceProfile, result: VariantResult) -> None:
@@ -344,11 +409,29 @@ class RunSession:
 
     def _row(self, result: VariantResult, metric: MetricResult) -> dict[str, Any]:
         summary = metric.summary.as_dict() if metric.summary else {}
+        if metric.interval and not summary:
+            summary = {"ci_low": metric.interval[0], "ci_high": metric.interval[1]}
         return {
             "run_id": self.run_id, "time": _now(), "git_commit": self.git_commit, "suite": result.suite,
             "device": result.device, "variant": result.variant, "metric": metric.name, "value": metric.value,
             "unit": metric.unit, "samples": metric.samples, "note": metric.note, **summary,
+            "disturbed": metric.disturbed, "attempts": metric.attempts, "unit_size": metric.unit_size,
         }
+
+
+def _interval(event: dict[str, Any]) -> tuple[float, float] | None:
+    low, high = event.get("ci_low"), event.get("ci_high")
+    return (float(low), float(high)) if low is not None and high is not None else None
+
+
+def applicable(thresholds: dict[str, tuple[gate.Threshold, ...]], suite: Suite) -> dict[str, tuple[gate.Threshold, ...]]:
+    """A device profile's limits on the metrics this suite measures (an encoder has no decode)."""
+    measured = TASK_METRICS[suite.base_model.task]
+    return {metric: rules for metric, rules in thresholds.items() if metric in measured}
+
+
+def _regressed(breaches: list[gate.Breach]) -> bool:
+    return any(breach.threshold.kind == "baseline" for breach in breaches)
 
 
 def _metric(event: dict[str, Any]) -> MetricResult:
@@ -357,9 +440,12 @@ def _metric(event: dict[str, Any]) -> MetricResult:
     summary = summarize(samples) if samples else None
     if summary is not None and value is None:
         value = summary.p50
+    region = {"disturbed": event.get("disturbed") or None, "attempts": int(event.get("attempts") or 1),
+              "unit_size": int(event.get("unit_size") or 1), "interval": _interval(event)}
     if value is not None and not math.isfinite(float(value)):
-        return MetricResult(event["name"], None, event.get("unit", ""), samples, f"not a finite number: {value}")
-    return MetricResult(event["name"], value, event.get("unit", ""), samples, event.get("note"), summary)
+        return MetricResult(event["name"], None, event.get("unit", ""), samples, f"not a finite number: {value}",
+                            **region)
+    return MetricResult(event["name"], value, event.get("unit", ""), samples, event.get("note"), summary, **region)
 
 
 def decoder_backend(artifact: Artifact) -> str:
@@ -368,14 +454,20 @@ def decoder_backend(artifact: Artifact) -> str:
     return "onnxruntime_kv_buffer" if fused.get("GroupQueryAttention") else "onnxruntime"
 
 
-def _runtime_fields(device: DeviceProfile, backend: str) -> dict[str, Any]:
+def _runtime_fields(suite: Suite, device: DeviceProfile, backend: str) -> dict[str, Any]:
     return {
         "backend": backend,
         "providers": list(device.execution_providers),
         "threads": device.threads,
         "power": {"kind": device.power_sensor.kind, "command": device.power_sensor.command},
-        "inject_slowdown": float(os.environ.get(SLOWDOWN_ENV) or 0.0),
+        "inject_slowdown": injected_slowdown(),
+        "disturbance": dataclasses.asdict(dataclasses.replace(suite.disturbance, **device.disturbance)),
     }
+
+
+def injected_slowdown() -> float:
+    """The share by which ``EDGEGATE_INJECT_SLOWDOWN`` slows every timed call (0: none)."""
+    return float(os.environ.get(SLOWDOWN_ENV) or 0.0)
 
 
 def _stop_fields(spec: Any) -> dict[str, Any]:

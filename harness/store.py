@@ -3,7 +3,8 @@
 Rows are written as soon as a variant is measured, each in its own transaction, so a crash
 later in the session loses nothing already measured. The file carries a schema version and an
 unknown version is refused with an instruction rather than misread; older known versions are
-migrated in place (version 1 -> 2 added ``runs.branch`` and the ``baselines`` table).
+migrated in place (version 1 -> 2 added ``runs.branch`` and the ``baselines`` table; 3 -> 4 added
+what a measurement's timed region went through and each verdict's outcome and baseline fitness).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import pandas as pd
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 3  # of the file: its tables and columns
+SCHEMA_VERSION = 4  # of the file: its tables and columns
 RESULT_SCHEMA_VERSION = 1  # of one results/verdicts row: what its columns mean
 
 _TABLES = {
@@ -33,9 +34,12 @@ _TABLES = {
             "devices TEXT, exit_status INTEGER, environment TEXT, branch TEXT",
     "results": "run_id TEXT, time TEXT, git_commit TEXT, suite TEXT, device TEXT, variant TEXT, metric TEXT, "
                "value REAL, unit TEXT, n INTEGER, p50 REAL, p90 REAL, p99 REAL, mean REAL, stdev REAL, "
-               "ci_low REAL, ci_high REAL, samples TEXT, note TEXT, schema_version INTEGER, iqr REAL, outliers INTEGER",
+               "ci_low REAL, ci_high REAL, samples TEXT, note TEXT, schema_version INTEGER, iqr REAL, outliers INTEGER, "
+               "disturbed TEXT, attempts INTEGER, unit_size INTEGER",
+    # verdict: ship | blocked | inconclusive | error; baseline_excluded: why this run may not be a baseline
     "verdicts": "run_id TEXT, time TEXT, suite TEXT, device TEXT, variant TEXT, passed INTEGER, "
-                "breaches TEXT, error TEXT, schema_version INTEGER",
+                "breaches TEXT, error TEXT, schema_version INTEGER, verdict TEXT, baseline_excluded TEXT, "
+                "inconclusive TEXT, expected TEXT",
     "artifacts": "run_id TEXT, suite TEXT, variant TEXT, recipe TEXT, key TEXT, manifest TEXT",
     "baselines": "suite TEXT, device TEXT, variant TEXT, run_id TEXT, pinned INTEGER, promoted_at TEXT, note TEXT, "
                  "UNIQUE (suite, device, variant, run_id)",
@@ -45,6 +49,9 @@ _TABLES = {
 _MIGRATIONS: dict[int, tuple[tuple[str, str], ...]] = {
     1: (("runs", "branch TEXT"),),
     2: (("results", "iqr REAL"), ("results", "outliers INTEGER")),
+    3: (("results", "disturbed TEXT"), ("results", "attempts INTEGER"), ("results", "unit_size INTEGER"),
+        ("verdicts", "verdict TEXT"), ("verdicts", "baseline_excluded TEXT"), ("verdicts", "inconclusive TEXT"),
+        ("verdicts", "expected TEXT")),
 }
 RESULT_COLUMNS = [c.split()[0] for c in _TABLES["results"].split(", ")]
 
@@ -134,11 +141,15 @@ class HistoryStore:
             db.executemany(f"INSERT INTO results ({','.join(RESULT_COLUMNS)}) VALUES ({placeholders})", records)
 
     def append_verdict(self, row: dict[str, Any]) -> None:
+        """One item's verdict; ``verdict`` defaults to ship/blocked from ``passed`` (error with an error)."""
+        verdict = row.get("verdict") or ("ship" if row["passed"] else ("error" if row.get("error") else "blocked"))
         with closing(self._connect()) as db, db:
             db.execute(
-                "INSERT INTO verdicts VALUES (?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO verdicts (run_id, time, suite, device, variant, passed, breaches, error, schema_version, "
+                "verdict, baseline_excluded, inconclusive, expected) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (row["run_id"], row["time"], row["suite"], row["device"], row["variant"], int(row["passed"]),
-                 json.dumps(row.get("breaches", [])), row.get("error"), RESULT_SCHEMA_VERSION),
+                 json.dumps(row.get("breaches", [])), row.get("error"), RESULT_SCHEMA_VERSION, verdict,
+                 row.get("baseline_excluded"), json.dumps(row.get("inconclusive", [])), row.get("expected")),
             )
 
     def append_artifact(self, run_id: str, suite: str, variant: str, recipe: str, key: str, manifest: dict[str, Any]) -> None:
@@ -201,10 +212,17 @@ class HistoryStore:
 
     def passing_runs(self, suite: str, device: str, variant: str) -> pd.DataFrame:
         """Runs whose verdict for suite/device/variant passed, newest first: run_id, started_at,
-        git_commit, branch. A run with any failed verdict for that key does not count."""
-        query = ("SELECT r.run_id, r.started_at, r.git_commit, r.branch FROM runs r JOIN verdicts v ON v.run_id = r.run_id "
+        git_commit, branch, and ``excluded``: why the run may not be a baseline (None: it may).
+        A run with any failed verdict for that key does not count. A passing run is excluded when a
+        verdict says so (a disturbed measurement, an injected slowdown, a lost lease) or when it
+        passed as inconclusive (``--edgegate-inconclusive=pass``). A variant expected to be blocked
+        (``expect: {blocked: ...}``) counts as passing when it was blocked as expected."""
+        query = ("SELECT r.run_id, r.started_at, r.git_commit, r.branch, "
+                 "MAX(COALESCE(v.baseline_excluded, CASE WHEN v.verdict = 'inconclusive' THEN 'inconclusive' END)) "
+                 "AS excluded FROM runs r JOIN verdicts v ON v.run_id = r.run_id "
                  "WHERE v.suite = ? AND v.device = ? AND v.variant = ? GROUP BY r.run_id "
-                 "HAVING MIN(v.passed) = 1 ORDER BY r.started_at DESC, r.rowid DESC")
+                 "HAVING MIN(v.passed = 1 OR (v.verdict = 'blocked' AND v.expected IS NOT NULL)) = 1 "
+                 "ORDER BY r.started_at DESC, r.rowid DESC")
         with closing(self._connect()) as db:
             return pd.read_sql_query(query, db, params=(suite, device, variant))
 

@@ -12,6 +12,7 @@ from .errors import ConfigError
 from .gate import Threshold, parse_thresholds
 from .metrics import METRICS
 from .regression import DEFAULT_RULES, RegressionRule
+from .runner.disturbance import Limits as DisturbanceSpec  # one definition for the runner and the host
 
 SUITE_SCHEMA = 1
 BASE_MODEL_KINDS = ("gguf_package", "gguf_file", "hf_dir", "sentence_transformers_package", "sentence_transformers_dir")
@@ -37,12 +38,32 @@ class BaseModelSpec:
 
 
 @dataclass(frozen=True)
+class Expectation:
+    """A known outcome: the variant is expected to be blocked (pytest xfail), for ``reason``.
+
+    ``devices`` limits it to those devices (empty: every device); ``strict`` makes an
+    unexpected ship (XPASS) fail the test. A regression against its own baseline still fails.
+    """
+
+    blocked: str
+    strict: bool = False
+    devices: tuple[str, ...] = ()
+
+    def applies_to(self, device: str) -> bool:
+        return not self.devices or device in self.devices
+
+
+@dataclass(frozen=True)
 class VariantSpec:
     name: str
     recipe: str
     params: dict[str, Any] = field(default_factory=dict)
     thresholds: dict[str, tuple[Threshold, ...]] = field(default_factory=dict)
     parent: str | None = None  # another variant of the suite to build on, instead of the recipe's PARENT
+    expect: Expectation | None = None
+
+    def expected_blocked(self, device: str) -> Expectation | None:
+        return self.expect if self.expect is not None and self.expect.applies_to(device) else None
 
 
 @dataclass(frozen=True)
@@ -106,6 +127,8 @@ class Suite:
     thresholds: dict[str, tuple[Threshold, ...]] = field(default_factory=dict)
     description: str = ""
     regressions: dict[str, RegressionRule] = field(default_factory=dict)
+    # when a timed region counts as disturbed and how often it is measured again; a profile may override
+    disturbance: DisturbanceSpec = DisturbanceSpec()
 
     def variant(self, name: str) -> VariantSpec:
         for spec in self.variants:
@@ -140,6 +163,7 @@ def load_suite(path: Path) -> Suite:
         thresholds=parse_thresholds(path, "thresholds", fields.get("thresholds", dict, {})),
         description=fields.get("description", str, ""),
         regressions=_regressions(fields.sub("regressions")),
+        disturbance=_spec(fields.sub("disturbance"), DisturbanceSpec),
     )
     measure.finish()
     fields.finish()
@@ -199,12 +223,23 @@ def _variants(fields: Fields, recipes: dict[str, Any]) -> tuple[VariantSpec, ...
             params=params,
             thresholds=parse_thresholds(fields.path, entry.name("thresholds"), entry.get("thresholds", dict, {})),
             parent=entry.get("parent", str, None),
+            expect=_expectation(entry.sub("expect")) if "expect" in entry.data else None,
         ))
         entry.finish()
     if not specs:
         raise ConfigError(fields.path, fields.prefix, "declares no variant")
     _check_parents(fields, specs, recipes)
     return tuple(specs)
+
+
+def _expectation(fields: Fields) -> Expectation:
+    """``expect: {blocked: "why", strict: false, devices: [...]}``."""
+    reason = fields.get("blocked", str)
+    if not reason.strip():
+        raise ConfigError(fields.path, fields.name("blocked"), "give the reason the variant is expected to be blocked")
+    expectation = Expectation(reason, fields.get("strict", bool, False), fields.string_list("devices", []))
+    fields.finish()
+    return expectation
 
 
 def _check_parents(fields: Fields, specs: list[VariantSpec], recipes: dict[str, Any]) -> None:
@@ -265,13 +300,23 @@ def contained_path(suite_file: Path, field_name: str, raw: Any) -> Path:
     return resolved
 
 
+ZERO_ALLOWED = ("warmup", "retries")
+
+
+def disturbance_overrides(fields: Fields) -> dict[str, Any]:
+    """The ``disturbance`` keys a device profile sets, checked like a suite's; the rest stay the suite's."""
+    given = set(fields.data)
+    spec = _spec(fields, DisturbanceSpec)
+    return {name: getattr(spec, name) for name in DisturbanceSpec.__dataclass_fields__ if name in given}
+
+
 def _spec(fields: Fields, spec_type: type) -> Any:
-    """A measurement spec from its fields: whole numbers >= 1 (warm-up >= 0), fractions >= 0."""
+    """A measurement spec from its fields: whole numbers >= 1 (warm-up, retries >= 0), fractions >= 0."""
     defaults = spec_type()
     values: dict[str, Any] = {}
     for name, field_info in spec_type.__dataclass_fields__.items():
         whole = field_info.type == "int"
-        value = fields.number(name, getattr(defaults, name), minimum=1 if whole and name != "warmup" else 0)
+        value = fields.number(name, getattr(defaults, name), minimum=1 if whole and name not in ZERO_ALLOWED else 0)
         if whole and value != int(value):
             raise ConfigError(fields.path, fields.name(name), f"must be a whole number, got {value!r}")
         values[name] = int(value) if whole else float(value)

@@ -13,6 +13,8 @@ from .items import SuiteFile, VariantItem, is_suite_file
 from .options import add_options, settings_from
 from .recorder import RECORDER_KEY, SETTINGS_KEY, recorder
 
+RUN_FIXTURES = frozenset({"edgegate_run", "edgegate_devices"})  # a suite written in Python asks for the run
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("edgegate", "EdgeGate: gate compressed models on edge devices")
@@ -46,5 +48,6 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if config.option.collectonly:  # nothing will be measured: no run, no report
         return
     suites = sorted({str(item.suite.path) for item in items if isinstance(item, VariantItem)})
-    if suites or RECORDER_KEY in config.stash:  # a Python suite may have asked for the run through a fixture
-        recorder(config).start(suites)
+    python_suites = [item for item in items if set(getattr(item, "fixturenames", ())) & RUN_FIXTURES]
+    if suites or python_suites or RECORDER_KEY in config.stash:
+        recorder(config).start(suites + sorted({str(item.path) for item in python_suites}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,10 +11,20 @@ import pytest
 from edgegate.errors import ConfigError, EdgeGateError
 from edgegate.profiles import DeviceProfile
 from edgegate.suites import Suite, VariantSpec, load_suite
+from edgegate.metrics import TASK_METRICS
+from edgegate.verdict import BLOCKED, INCONCLUSIVE, Verdict
 
 from .recorder import recorder
 
 SUITE_GLOBS = ("suite_*.yaml", "suite_*.yml")
+
+
+class EdgeGateWarning(UserWarning):
+    """Something in a profile or suite that does not stop the run but does not do what it says."""
+
+
+class BlockedAsExpected(Exception):
+    """An item declared ``expect: {blocked: ...}`` that was blocked: pytest reports it as xfailed."""
 
 
 class SuiteFile(pytest.File):
@@ -22,6 +33,7 @@ class SuiteFile(pytest.File):
         devices = recorder(self.config).profiles
         ordered = sorted(suite.variants, key=lambda v: v.name != suite.reference)
         for device in devices.values():
+            _warn_inapplicable(device, suite)
             for variant in ordered:
                 yield VariantItem.from_parent(self, name=f"{variant.name}[{device.name}]",
                                               suite=suite, device=device, variant=variant)
@@ -42,31 +54,60 @@ class VariantItem(pytest.Item):
         self.variant = variant
         self.add_marker(pytest.mark.edgegate(device=device.name, variant=variant.name))
         self.add_marker(pytest.mark.xdist_group(device.name))  # a device's items share one worker and its reference
+        expected = variant.expected_blocked(device.name)
+        if expected is not None and not recorder(self.config).settings.no_gate:
+            # only a block raises BlockedAsExpected: a regression or an inconclusive number still fails
+            self.add_marker(pytest.mark.xfail(reason=f"expected blocked: {expected.blocked}", strict=expected.strict,
+                                              raises=BlockedAsExpected))
 
     def runtest(self) -> None:
         run = recorder(self.config).session
         try:
-            breaches = run.judge(self.suite, self.device, self.variant)
+            verdict = run.judge(self.suite, self.device, self.variant)
         except EdgeGateError as exc:
             run.record_error(self.suite, self.device, self.variant, str(exc))
             raise
         result = run.measure(self.suite, self.device, self.variant)
         for name, metric in result.metrics.items():
             self.user_properties.append((f"edgegate.{name}", metric.value if metric.value is not None else metric.note))
-        problems = [b.message(self.device.name, self.variant.name) for b in breaches]
+        outcome = "error" if result.errors else verdict.outcome
+        self.user_properties.append(("edgegate.verdict", outcome))
+        problems = verdict.messages(self.device.name, self.variant.name) if outcome != INCONCLUSIVE or \
+            recorder(self.config).settings.inconclusive == "fail" else []
         problems += [f"{self.variant.name} on {self.device.name}: measurement failed: {e}" for e in result.errors]
+        if outcome == INCONCLUSIVE:
+            self.user_properties.append(("edgegate.inconclusive", "; ".join(verdict.inconclusive)))
         if problems and recorder(self.config).settings.no_gate:
             self.user_properties.append(("edgegate.not_gated", "; ".join(problems)))
+        elif problems and self._blocked_as_expected(verdict, result.errors):
+            raise BlockedAsExpected("\n".join(problems))
         elif problems:
             pytest.fail("\n".join(problems), pytrace=False)
 
+    def _blocked_as_expected(self, verdict: Verdict, errors: list[str]) -> bool:
+        """Blocked by its thresholds, as declared; a regression against its own baseline is news."""
+        if self.variant.expected_blocked(self.device.name) is None or errors or verdict.outcome != BLOCKED:
+            return False
+        return not any(breach.threshold.kind == "baseline" for breach in verdict.breaches)
+
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
-        if isinstance(excinfo.value, EdgeGateError):
-            return f"{self.variant.name} on {self.device.name}: {excinfo.value}"
+        if isinstance(excinfo.value, (EdgeGateError, BlockedAsExpected)):
+            prefix = "" if isinstance(excinfo.value, BlockedAsExpected) else f"{self.variant.name} on {self.device.name}: "
+            return f"{prefix}{excinfo.value}"
         return super().repr_failure(excinfo, style)
 
     def reportinfo(self) -> tuple[Any, int | None, str]:
         return self.path, None, f"{self.suite.name}: {self.variant.name} ({self.variant.recipe}) on {self.device.name}"
+
+
+def _warn_inapplicable(device: DeviceProfile, suite: Suite) -> None:
+    """A profile's limit on a metric this suite does not measure does not apply: say so, once."""
+    measured = TASK_METRICS[suite.base_model.task]
+    for metric in device.thresholds:
+        if metric not in measured:
+            warnings.warn(EdgeGateWarning(
+                f"{device.path}: thresholds.{metric}: suite {suite.name} ({suite.base_model.task}) does not measure "
+                f"{metric}; the limit does not apply to its items"), stacklevel=1)
 
 
 def is_suite_file(name: str) -> bool:

@@ -14,6 +14,7 @@ from edgegate.profiles import load_profile, registered_profiles
 DEFAULT_DEVICE = "local"
 ALL_DEVICES = "all"
 TAG_PREFIX = "tag:"
+INCONCLUSIVE_CHOICES = ("fail", "pass")
 
 
 def add_options(addoption: Callable[..., Any], prefix: str = "--edgegate-") -> None:
@@ -37,6 +38,10 @@ def add_options(addoption: Callable[..., Any], prefix: str = "--edgegate-") -> N
     addoption(f"{prefix}baseline", dest="edgegate_baseline", metavar="SPEC", default=None,
               help="compare with this baseline: a run id, git ref or tag (default: the pinned baseline, "
                    "else the last passing run on main)")
+    addoption(f"{prefix}inconclusive", dest="edgegate_inconclusive", choices=INCONCLUSIVE_CHOICES, default="fail",
+              help="what an inconclusive item does (a judged latency whose timed region stayed disturbed after "
+                   "re-measuring): 'fail' it, saying inconclusive (default: a night cannot go green on an "
+                   "unjudged number), or 'pass' it; either way it is recorded as inconclusive, never a baseline")
     addoption("--no-gate", dest="edgegate_no_gate", action="store_true", default=False,
               help="measure, record and report, but fail no test on thresholds or regressions")
     addoption(f"{prefix}accept-new-host-keys", dest="edgegate_accept_new_host_keys", action="store_true",
@@ -56,6 +61,7 @@ class Settings:
     no_gate: bool = False
     templates: Path | None = None
     lease_wait_s: float | None = None
+    inconclusive: str = "fail"  # one of INCONCLUSIVE_CHOICES
 
 
 def settings_from(getoption: Callable[[str], Any], rootdir: Path) -> Settings:
@@ -77,6 +83,7 @@ def settings_from(getoption: Callable[[str], Any], rootdir: Path) -> Settings:
         no_gate=bool(getoption("edgegate_no_gate")),
         templates=path("edgegate_templates", None) if getoption("edgegate_templates") else None,
         lease_wait_s=getoption("edgegate_lease_wait"),
+        inconclusive=getoption("edgegate_inconclusive") or "fail",
     )
 
 

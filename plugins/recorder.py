@@ -11,7 +11,7 @@ import pytest
 from edgegate import benchjson, environment
 from edgegate.profiles import DeviceProfile, find_profile
 from edgegate.report import render_run
-from edgegate.session import RunSession
+from edgegate.session import SLOWDOWN_ENV, RunSession, injected_slowdown
 from edgegate.store import HistoryStore, RunInfo
 
 from .fleet import is_worker, merge_facts, publish_to_controller, run_id_for
@@ -48,6 +48,9 @@ class Recorder:
     def start(self, suites: list[str]) -> None:
         self.suites = suites
         self.environment = {"host": environment.host_manifest()}
+        slowdown = injected_slowdown()
+        if slowdown:  # recorded with the run: such a run is never a baseline, and the report says why
+            self.environment["inject_slowdown"] = {"variable": SLOWDOWN_ENV, "share": slowdown}
         self.store.start_run(RunInfo(
             self.run_id, _now(), self.session.git_commit, tuple(suites), tuple(self.profiles), self.environment,
             branch=environment.git_branch(self.settings.rootdir),
@@ -84,8 +87,12 @@ class Recorder:
     def _facts(self) -> dict[str, Any]:
         devices = {name: report.facts for name, report in self.session.device_reports.items()}
         baselines = {"/".join(key): (vars(choice) if choice else None) for key, choice in self.session.baselines.items()}
+        skipped = {"/".join(key): list(runs) for key, runs in self.session.skipped_baselines.items() if runs}
         return {"devices": devices, "baselines": baselines, "variants": self.session.variant_settings(),
-                "limits": {"/".join(key): shown for key, shown in self.session.limits.items()}}
+                "limits": {"/".join(key): shown for key, shown in self.session.limits.items()},
+                "skipped_baselines": skipped,
+                "straddles": {"/".join(key): found for key, found in self.session.straddles.items() if found},
+                "not_paired": {"/".join(key): why for key, why in self.session.paired_notes.items()}}
 
     def adopt(self, environment: dict[str, Any], facts: dict[str, Any]) -> None:
         """On the xdist controller: a finished worker's part of the run, reported with the rest."""
@@ -98,6 +105,14 @@ class Recorder:
             return
         terminalreporter.section("EdgeGate")
         terminalreporter.write_line(f"run {self.run_id}; history: {self.settings.history}")
+        counts = self._verdict_counts()
+        if counts:
+            terminalreporter.write_line("verdicts: " + ", ".join(f"{count} {name}" for name, count in counts.items()),
+                                        yellow="inconclusive" in counts and "blocked" not in counts,
+                                        red="blocked" in counts or "error" in counts)
+        if self.environment.get("inject_slowdown"):
+            terminalreporter.write_line(f"{SLOWDOWN_ENV} was set: timings were slowed on purpose; this run is never "
+                                        "a baseline", yellow=True)
         if self.interrupted:
             terminalreporter.write_line("interrupted: everything measured before the interruption is in the history "
                                         "and the report; the items not run have no verdict", yellow=True)
@@ -107,6 +122,18 @@ class Recorder:
             terminalreporter.write_line(f"latest: {self.settings.reports_dir / 'latest.html'}")
         if self.report_error:
             terminalreporter.write_line(self.report_error, red=True)
+
+
+    def _verdict_counts(self) -> dict[str, int]:
+        """How many items of this run got each verdict (every worker's, read from the history)."""
+        try:
+            verdicts = self.store.frame("verdicts", self.run_id)
+        except Exception:  # noqa: BLE001 - a summary line is not worth a traceback
+            return {}
+        latest = verdicts.drop_duplicates(["suite", "device", "variant"], keep="last")
+        order = ("ship", "blocked", "inconclusive", "error")
+        counted = latest.verdict.fillna("ship").value_counts().to_dict()
+        return {name: int(counted[name]) for name in order if name in counted}
 
 
 def recorder(config: pytest.Config) -> Recorder:

@@ -48,16 +48,43 @@ def store(tmp_path: Path) -> HistoryStore:
 
 
 def test_last_passing_run_on_main_skips_failures_and_feature_branches(store: HistoryStore) -> None:
-    assert find_baseline(store, *KEY, exclude_run="now") == BaselineChoice("r2", "last passing run on main/master")
-    assert find_baseline(store, *KEY) == BaselineChoice("now", "last passing run on main/master")
+    assert find_baseline(store, *KEY, exclude_run="now") == BaselineChoice("r2", "last clean passing run on main/master")
+    assert find_baseline(store, *KEY) == BaselineChoice("now", "last clean passing run on main/master")
     assert find_baseline(store, *KEY, main_branches=("feature/faster-kv",), exclude_run="now") == \
-        BaselineChoice("r4", "last passing run on feature/faster-kv")
+        BaselineChoice("r4", "last clean passing run on feature/faster-kv")
 
 
 def test_a_run_with_any_failed_verdict_for_the_variant_is_not_passing(store: HistoryStore) -> None:
     store.append_verdict({"run_id": "r2", "time": "t", "suite": "tiny", "device": "local", "variant": "int4",
                           "passed": False, "error": "decode: crashed"})
-    assert find_baseline(store, *KEY, exclude_run="now") == BaselineChoice("r1", "last passing run on main/master")
+    assert find_baseline(store, *KEY, exclude_run="now") == BaselineChoice("r1", "last clean passing run on main/master")
+
+
+def test_a_passing_run_that_was_disturbed_slowed_or_inconclusive_is_skipped_and_said(tmp_path: Path) -> None:
+    store = HistoryStore(tmp_path / "h.sqlite")
+    record(store, "clean", 1)
+    for day, (run_id, extra) in enumerate([
+            ("busy", {"baseline_excluded": "disturbed: decode_ms"}),
+            ("slowed", {"baseline_excluded": "injected slowdown EDGEGATE_INJECT_SLOWDOWN=0.1"}),
+            ("unjudged", {"verdict": "inconclusive"})], start=2):
+        store.start_run(RunInfo(run_id, f"2026-01-{day:02d}T00:00:00Z", "0" * 40, ("tiny",), ("local",), {}, "main"))
+        store.append_verdict({"run_id": run_id, "time": "t", "suite": "tiny", "device": "local", "variant": "int4",
+                              "passed": True, **extra})
+    choice = find_baseline(store, *KEY, exclude_run="now")
+    assert choice == BaselineChoice("clean", "last clean passing run on main/master", (
+        "unjudged: inconclusive", "slowed: injected slowdown EDGEGATE_INJECT_SLOWDOWN=0.1",
+        "busy: disturbed: decode_ms"))
+
+
+def test_baseline_rounds_come_from_the_row_or_from_an_older_row_s_note(tmp_path: Path) -> None:
+    store = HistoryStore(tmp_path / "h.sqlite")
+    store.start_run(RunInfo("old", "2026-01-01T00:00:00Z", "0" * 40, ("tiny",), ("local",), {}, "main"))
+    base = {"run_id": "old", "suite": "tiny", "device": "local", "variant": "int4", "unit": "ms", "samples": [1.0] * 8}
+    store.append_results([{**base, "metric": "decode_ms", "value": 1.0, "note": "depth 64-95; stopped at n=64"},
+                          {**base, "metric": "prefill_ms", "value": 1.0, "unit_size": None},
+                          {**base, "metric": "ttft_ms", "value": 1.0, "unit_size": 4}])
+    found = baseline_samples(store, "old", "tiny", "local", "int4")
+    assert {name: unit for name, (_, _, unit) in found.items()} == {"decode_ms": 32, "prefill_ms": 1, "ttft_ms": 4}
 
 
 def test_pinned_baseline_wins_until_unpinned(store: HistoryStore) -> None:
@@ -67,7 +94,7 @@ def test_pinned_baseline_wins_until_unpinned(store: HistoryStore) -> None:
     assert find_baseline(store, *KEY, exclude_run="now") == BaselineChoice("r1", "pinned")
     assert find_baseline(store, "tiny", "local", "fp32", exclude_run="now") is None  # no verdicts for fp32
     store.unpin(*KEY)
-    assert find_baseline(store, *KEY, exclude_run="now") == BaselineChoice("r2", "last passing run on main/master")
+    assert find_baseline(store, *KEY, exclude_run="now") == BaselineChoice("r2", "last clean passing run on main/master")
     frame = store.frame("baselines")
     assert sorted(frame.run_id) == ["r1", "r4"] and frame.pinned.sum() == 0
 
@@ -119,8 +146,8 @@ def test_no_baseline_is_none(tmp_path: Path) -> None:
 
 
 def test_baseline_samples_of_one_variant(store: HistoryStore) -> None:
-    assert baseline_samples(store, "r2", *KEY) == {"decode_ms": (12.5, [12.0, 12.5, 13.0]), "size_mb": (102.0, None)}
-    assert baseline_samples(store, "r2", "tiny", "local", "fp32") == {"size_mb": (400.0, None)}
+    assert baseline_samples(store, "r2", *KEY) == {"decode_ms": (12.5, [12.0, 12.5, 13.0], 1), "size_mb": (102.0, None, 1)}
+    assert baseline_samples(store, "r2", "tiny", "local", "fp32") == {"size_mb": (400.0, None, 1)}
     assert baseline_samples(store, "r2", "tiny", "pi5", "int4") == {}
 
 
@@ -152,7 +179,7 @@ def test_version_1_history_is_migrated_in_place(tmp_path: Path) -> None:
     assert list(runs.run_id) == ["v1run"] and runs.branch.isna().all()
     with closing(sqlite3.connect(path)) as db:
         assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
-    assert find_baseline(store, *KEY) == BaselineChoice("v1run", "last passing run on main/master")
+    assert find_baseline(store, *KEY) == BaselineChoice("v1run", "last clean passing run on main/master")
     record(store, "v2run", 1, branch="release")
     assert store.frame("runs", "v2run").branch.tolist() == ["release"]
     HistoryStore(path)  # opening again migrates nothing and refuses nothing

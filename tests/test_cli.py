@@ -46,4 +46,4 @@ def test_baseline_pin_wins_then_unpin_returns_to_last_passing(tmp_path: Path) ->
 
     baseline_run(parser().parse_args(["baseline", "pin", "s", "local", "int4", "old", *history]), lines.append)
     baseline_run(parser().parse_args(["baseline", "unpin", "s", "local", "int4", *history]), lines.append)
-    assert lines == ["s/local/int4: old (pinned)", "s/local/int4: new (last passing run on main/master)"]
+    assert lines == ["s/local/int4: old (pinned)", "s/local/int4: new (last clean passing run on main/master)"]

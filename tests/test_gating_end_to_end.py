@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from edgegate.store import HistoryStore
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +64,10 @@ def test_aa_passes_then_an_injected_slowdown_fails_against_the_baseline(
     slow.stdout.fnmatch_lines(["*decode_ms regressed: * ms (+*%, limit +60%), Mann-Whitney U p=* < 0.01 vs baseline *"])
     assert "Traceback" not in slow.stdout.str()
     properties = {p.get("name") for p in ET.parse(gated_project / "aa.xml").iter("property")}
-    assert {"edgegate.decode_ms", "edgegate.perplexity", "edgegate.size_mb"} <= properties
+    assert {"edgegate.decode_ms", "edgegate.perplexity", "edgegate.size_mb", "edgegate.verdict"} <= properties
+    page = (gated_project / "reports" / "latest.html").read_text()
+    assert "EDGEGATE_INJECT_SLOWDOWN=1.0 was set" in page and "never chosen as a baseline" in page
+    slow.stdout.fnmatch_lines(["*EDGEGATE_INJECT_SLOWDOWN was set: timings were slowed on purpose*"])
 
 
 def test_no_gate_records_but_fails_nothing(pytester: pytest.Pytester, gated_project: Path, shared_cache: Path) -> None:
@@ -84,8 +93,89 @@ def test_a_rebuilt_variant_decodes_side_by_side_with_the_baseline_build(
     monkeypatch.setenv("EDGEGATE_INJECT_SLOWDOWN", "1.0")  # slows tonight's build only, not the baseline's
     rebuilt = nightly(pytester, shared_cache)
     rebuilt.assert_outcomes(passed=2, failed=1)  # fp32 and int8 are the baseline's builds: nothing to pair
+    verdicts = HistoryStore(gated_project / "reports" / "history.sqlite").frame("verdicts")
+    slowed = verdicts[verdicts.variant == "fp32"].iloc[-1]
+    assert slowed.passed and slowed.baseline_excluded == "injected slowdown EDGEGATE_INJECT_SLOWDOWN=1"
     rebuilt.stdout.fnmatch_lines([
         "*fp32 on local: decode not paired: same build as baseline run *",
         "*int4 on local: decode_vs_baseline regressed: 1 -> * x (+*%, limit +3%), Wilcoxon signed-rank p=* < 0.01"
         " over 12 rounds, against the build of run *",
     ])
+
+
+SPIN = "import time\nend = time.time() + 300\nwhile time.time() < end: pass"
+
+
+@contextmanager
+def cpu_hogs() -> Iterator[None]:
+    """Two busy processes per CPU for as long as the block runs: a busy CI runner."""
+    hogs = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(2 * (os.cpu_count() or 1))]
+    try:
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
+def test_a_contended_rerun_of_an_unchanged_build_is_inconclusive_never_regressed_nor_a_baseline(
+        pytester: pytest.Pytester, gated_project: Path, shared_cache: Path) -> None:
+    suite = gated_project / "suites" / "suite_tiny.yaml"
+    suite.write_text(suite.read_text() + "disturbance: {retries: 1, backoff_s: 0.2}\n")
+    nightly(pytester, shared_cache).assert_outcomes(passed=3)  # the clean baseline
+    with cpu_hogs():
+        busy = nightly(pytester, shared_cache, "--junitxml=busy.xml")
+        lenient = nightly(pytester, shared_cache, "--edgegate-inconclusive=pass")
+    assert "regressed" not in busy.stdout.str() and busy.ret == 1
+    busy.stdout.fnmatch_lines([
+        "*int4 on local: inconclusive: decode_ms = * not judged: its timed region was disturbed (other processes "
+        "used *% of the CPU (limit 10%), in each of 2 attempts)*",
+        "*verdicts: *inconclusive*"])
+    verdicts = {p.get("value") for p in ET.parse(gated_project / "busy.xml").iter("property")
+                if p.get("name") == "edgegate.verdict"}
+    assert verdicts == {"inconclusive"}
+    lenient.assert_outcomes(passed=3)
+    quiet = nightly(pytester, shared_cache)
+    quiet.assert_outcomes(passed=3)
+    store = HistoryStore(gated_project / "reports" / "history.sqlite")
+    runs = list(store.frame("runs").run_id)
+    # the busy run failed, so it never was a candidate; the lenient one passed, and is skipped, saying why
+    quiet.stdout.fnmatch_lines([f"*int4 on local: not a baseline: run {runs[2]}: disturbed: *decode_ms*"])
+    assert f"not a baseline: run {runs[1]}" not in quiet.stdout.str()
+    page = (gated_project / "reports" / "latest.html").read_text()
+    assert f"{runs[0]} (last clean passing run on main/master)" in page and f"skipped {runs[2]}: disturbed" in page
+
+
+def cpu_cgroup(name: str, quota_us: int, period_us: int) -> Path | None:
+    """A cgroup v1 cpu controller group with a CFS quota, or None where this machine has none."""
+    root = Path("/sys/fs/cgroup/cpu")
+    if os.geteuid() != 0 or not (root / "cpu.cfs_quota_us").exists():
+        return None
+    group = root / name
+    try:
+        group.mkdir(exist_ok=True)
+        (group / "cpu.cfs_period_us").write_text(str(period_us))
+        (group / "cpu.cfs_quota_us").write_text(str(quota_us))
+    except OSError:
+        return None
+    return group
+
+
+def test_a_device_slowed_by_a_cpu_quota_regresses_it_is_not_contention(
+        pytester: pytest.Pytester, gated_project: Path, shared_cache: Path) -> None:
+    group = cpu_cgroup(f"edgegate-test-{os.getpid()}", quota_us=300, period_us=1000)
+    if group is None:
+        pytest.skip("needs root and a cgroup v1 cpu controller (/sys/fs/cgroup/cpu) to give the runner a quota")
+    nightly(pytester, shared_cache).assert_outcomes(passed=3)
+    wrapper = gated_project / "quota-python"  # the device's python: enters the quota'd group, then runs python
+    wrapper.write_text(f"#!/bin/sh\necho $$ > {group}/tasks\nexec {sys.executable} \"$@\"\n")
+    wrapper.chmod(0o755)
+    profile = gated_project / "device_profiles" / "local.yaml"
+    profile.write_text(profile.read_text().replace("python: auto", f"python: {wrapper}"))
+    try:
+        throttled = nightly(pytester, shared_cache)
+    finally:
+        group.rmdir()
+    assert throttled.ret == 1 and "inconclusive" not in throttled.stdout.str()
+    throttled.stdout.fnmatch_lines(["*decode_ms regressed: * ms (+*%, limit +60%), Mann-Whitney U p=* < 0.01 over * "
+                                    "rounds of 16 steps vs * rounds of 16 steps vs baseline *"])

@@ -224,7 +224,7 @@ def test_compressed_encoders_measured_through_the_session(encoder_suite_file: Pa
     session = RunSession("r1", "abc", HistoryStore(tmp_path / "h.sqlite"), shared_cache)
     try:
         results = {v.name: session.measure(suite, device, v) for v in suite.variants}
-        reference_breaches = session.judge(suite, device, suite.variant("fp32"))
+        reference_breaches = list(session.judge(suite, device, suite.variant("fp32")).breaches)
     finally:
         session.close()
     values = {name: result.values() for name, result in results.items()}

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from edgegate.regression import RegressionRule, DEFAULT_RULES, Comparison, RegressionRule, compare_metric, mann_whitney_u
+from edgegate.regression import DEFAULT_RULES, Comparison, RegressionRule, compare_metric, mann_whitney_u
 
 DECODE = DEFAULT_RULES["decode_ms"]
 

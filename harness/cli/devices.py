@@ -36,7 +36,7 @@ def run(args: argparse.Namespace, out: Callable[[str], None] = print) -> int:
     transport = open_transport(profile, accept_new_host_key=args.accept_new_host_key)
     try:
         if args.action == "check":
-            report = probe(profile.name, transport, profile.execution_providers)
+            report = probe(profile.name, transport, profile.execution_providers, profile.threads)
         else:
             base = profile.python if profile.python not in ("", "auto") else "python3"
             report = setup_device(profile.name, transport, args.cache, base_python=base, log=out)

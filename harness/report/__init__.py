@@ -38,6 +38,7 @@ class Cell:
     change: str = ""  # relative change against the baseline run, e.g. "+3.1%"
     change_class: str = ""  # "better", "worse" or "same"
     limit: str = ""  # the thresholds that apply, e.g. "<= 20.29"
+    straddles: str = ""  # set when the 95% interval contains a limit: a verdict within noise
 
 
 def render_run(store: HistoryStore, run_id: str, out_dir: Path, template_dir: Path | None = None) -> Path:
@@ -74,10 +75,13 @@ def run_context(store: HistoryStore, run_id: str) -> dict[str, Any]:
         key = f"{row['suite']}/{row['device']}/{row['variant']}"
         choice = baselines.get(key)
         row["baseline"] = f"{choice['run_id']} ({choice['reason']})" if choice else "none yet: thresholds only"
-        shown = limits.get(key, {})
-        row["cells"] = [replace(c, limit=shown.get(n, "")) for n, c in zip(COLUMNS, row["cells"]) if n in measured]
-        row["detail_cells"] = [replace(c, limit=shown.get(n, "")) for n, c in zip(DETAIL_COLUMNS, row["detail_cells"])
-                               if n in measured]
+        row["skipped_baselines"] = environment.get("skipped_baselines", {}).get(key, [])
+        row["not_paired"] = _night_to_night_words(environment.get("not_paired", {}).get(key), choice)
+        shown, near = limits.get(key, {}), environment.get("straddles", {}).get(key, {})
+        row["cells"] = [_limited(c, shown.get(n, ""), near.get(n, "")) for n, c in zip(COLUMNS, row["cells"])
+                        if n in measured]
+        row["detail_cells"] = [_limited(c, shown.get(n, ""), near.get(n, ""))
+                               for n, c in zip(DETAIL_COLUMNS, row["detail_cells"]) if n in measured]
     return {
         "run": run,
         "environment": environment,
@@ -90,6 +94,11 @@ def run_context(store: HistoryStore, run_id: str) -> dict[str, Any]:
         "manifests": _manifests(artifacts),
         "charts": _charts(results, history, runs, run_id, baseline_runs),
     }
+
+
+def _limited(cell: Cell, limit: str, straddles: str) -> Cell:
+    """The cell with the limits that apply to it, flagged when its interval straddles one."""
+    return replace(cell, limit=limit, straddles=straddles, title="; ".join(t for t in (cell.title, straddles) if t))
 
 
 def _baseline_values(history: pd.DataFrame, baseline_runs: dict[tuple[str, ...], str]) -> dict[tuple[str, ...], float]:
@@ -122,11 +131,13 @@ def _row(suite: str, device: str, variant: str, metrics: pd.DataFrame, verdict: 
          baseline_values: dict[tuple[str, ...], float] | None = None) -> dict[str, Any]:
     by_metric = {r["metric"]: r for r in metrics.to_dict("records")}
     base = baseline_values or {}
-    passed = bool(verdict.iloc[0]["passed"]) if len(verdict) else None
     return {
         "suite": suite, "device": device, "variant": variant,
-        "status": {True: "ship", False: "blocked", None: "not judged"}[passed],
+        "status": _status(verdict),
         "breaches": json.loads(verdict.iloc[0]["breaches"]) if len(verdict) else [],
+        "inconclusive": _json_list(verdict.iloc[0].get("inconclusive")) if len(verdict) else [],
+        "baseline_excluded": (verdict.iloc[0].get("baseline_excluded") if len(verdict) else None) or None,
+        "expected": _text(verdict.iloc[0].get("expected")) if len(verdict) else None,
         "error": (verdict.iloc[0]["error"] if len(verdict) else None) or None,
         "cells": [_cell(by_metric.get(name), base.get((suite, device, variant, name)), name) for name in COLUMNS],
         "detail_cells": [_cell(by_metric.get(name), base.get((suite, device, variant, name)), name)
@@ -231,12 +242,21 @@ def _cell(record: dict[str, Any] | None, baseline: float | None = None, metric: 
     if not record.get("n") or pd.isna(record.get("n")):
         note = record.get("note")
         title = "; ".join(t for t in (note if isinstance(note, str) else "", against) if t)
-        return Cell(text, title or (note or ""), change=delta, change_class=kind)
+        interval = _interval(record)
+        return Cell(text, title or (note or ""), interval=interval, change=delta, change_class=kind)
     title = (f"n={int(record['n'])}, 95% CI of median [{_format(record['ci_low'])}, {_format(record['ci_high'])}], "
              f"p90 {_format(record['p90'])}, p99 {_format(record['p99'])}"
              + (f"; {record['note']}" if record.get("note") else "") + (f"; {against}" if against else ""))
     return Cell(text, title, interval=f"[{_format(record['ci_low'])}, {_format(record['ci_high'])}]",
                 change=delta, change_class=kind)
+
+
+def _interval(record: dict[str, Any]) -> str:
+    """A one-number metric's 95% interval (accuracy: bootstrap over windows, sentences or pairs)."""
+    low, high = record.get("ci_low"), record.get("ci_high")
+    if low is None or high is None or pd.isna(low) or pd.isna(high):
+        return ""
+    return f"[{_format(float(low))}, {_format(float(high))}]"
 
 
 def _warnings(results: pd.DataFrame) -> list[dict[str, str]]:
@@ -263,7 +283,41 @@ def _format(value: float) -> str:
 def _overall(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "nothing measured"
-    return "ship" if all(r["status"] == "ship" for r in rows) else "blocked"
+    # a variant blocked as its suite expects (xfail) is no news: it does not block the run
+    statuses = {r["status"] for r in rows if not (r["status"] == "blocked" and r.get("expected"))} or {"ship"}
+    if statuses == {"ship"}:
+        return "ship"
+    return "inconclusive" if statuses <= {"ship", "inconclusive"} else "blocked"
+
+
+def _status(verdict: pd.DataFrame) -> str:
+    """ship | blocked | inconclusive | error, or "not judged"; rows written before verdicts had a
+    name say only passed or not."""
+    if not len(verdict):
+        return "not judged"
+    row = verdict.iloc[0]
+    named = row.get("verdict")
+    if isinstance(named, str) and named:
+        return "blocked" if named == "error" else named
+    return "ship" if bool(row["passed"]) else "blocked"
+
+
+def _text(raw: Any) -> str | None:
+    return raw if isinstance(raw, str) and raw else None
+
+
+def _json_list(raw: Any) -> list[str]:
+    return json.loads(raw) if isinstance(raw, str) and raw else []
+
+
+def _night_to_night_words(why: str | None, choice: dict[str, Any] | None) -> str:
+    """What the judgement can and cannot see when only the environment changed (same build)."""
+    if not why or not choice or not why.startswith("same build"):
+        return ""
+    measured = why.split(". ", 1)[1] + "." if ". " in why else (
+        "Too few clean runs of this build to say how far the environment alone moves it here.")
+    return ("Same build as the baseline, so decode was not measured side by side with it: only the "
+            f"night-to-night rules judged latency. {measured}")
 
 
 def _manifests(artifacts: pd.DataFrame) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from . import embedding, measure, sensors, thermal
+from . import accuracy, embedding, measure, sensors, thermal
 from .backends import BACKENDS
 from .events import metric
 
@@ -68,7 +68,7 @@ def _measure_all(backend: Any, wanted: dict[str, Any], sensor: Any, open_model: 
         ("decode", lambda: measure.decode(backend, wanted["decode"], sensor)),
         ("embed", lambda: embedding.latency(backend, wanted["embed"], sensor)),
         ("peak_rss", measure.peak_rss),
-        ("accuracy", lambda: measure.accuracy(backend, wanted["accuracy"])),
+        ("accuracy", lambda: accuracy.accuracy(backend, wanted["accuracy"])),
         ("similarity", lambda: embedding.similarity(backend, wanted["similarity"])),
         ("bandwidth", lambda: measure.bandwidth(wanted["bandwidth"])),
         # last: its extra sessions must not count in peak_rss, nor its time delay the accuracy

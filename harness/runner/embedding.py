@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import disturbance
+from . import disturbance, intervals
 from .events import Event, metric
 from .measure import contention_metric, save_atomically
 from .sensors import PowerSampler
@@ -78,8 +78,8 @@ def similarity(backend: EncoderBackend, job: dict[str, Any]) -> Iterator[Event]:
     pairs = np.asarray(job["pairs"], dtype=np.int64)
     scores = pair_similarities(embeddings, pairs)
     if job.get("gold"):
-        yield metric("gold_spearman", spearman(scores, np.asarray(job["gold"], dtype=np.float64)), "",
-                     note=f"{len(pairs)} pairs")
+        gold = np.asarray(job["gold"], dtype=np.float64)
+        yield _with_interval("gold_spearman", lambda i: spearman(scores[i], gold[i]), len(pairs), "pairs")
     if job.get("save_embeddings"):
         save_atomically(job["save_embeddings"], embeddings)
     if not job.get("reference_embeddings"):
@@ -88,9 +88,19 @@ def similarity(backend: EncoderBackend, job: dict[str, Any]) -> Iterator[Event]:
     if reference.shape != embeddings.shape:
         raise ValueError(f"reference embeddings have shape {reference.shape}, this variant {embeddings.shape}")
     cosines = row_cosines(embeddings, reference)
-    yield metric("cosine_mean", float(cosines.mean()), "", note=f"{len(cosines)} sentences")
-    yield metric("cosine_min", float(cosines.min()), "")
-    yield metric("rank_spearman", spearman(scores, pair_similarities(reference, pairs)), "")
+    references = pair_similarities(reference, pairs)
+    yield _with_interval("cosine_mean", lambda i: float(cosines[i].mean()), len(cosines), "sentences")
+    yield _with_interval("cosine_min", lambda i: float(cosines[i].min()), len(cosines), "sentences")
+    yield _with_interval("rank_spearman", lambda i: spearman(scores[i], references[i]), len(pairs), "pairs")
+
+
+def _with_interval(name: str, statistic: Any, units: int, unit: str) -> Event:
+    """The metric over every unit, with its 95% bootstrap interval over resampled units."""
+    everything = np.arange(units)
+    interval = intervals.bootstrap(units, statistic)
+    how = f"bootstrap over {units} {unit}"
+    shown = f"; 95% interval {interval[0]:.4g}-{interval[1]:.4g} ({how})" if interval else ""
+    return metric(name, statistic(everything), "", note=f"{units} {unit}{shown}", **intervals.fields(interval, how))
 
 
 def row_cosines(first: np.ndarray, second: np.ndarray) -> np.ndarray:

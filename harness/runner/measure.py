@@ -141,42 +141,40 @@ def paired_decode(open_candidate: Callable[[], CausalLMBackend], open_baseline: 
     Both models are loaded in this one process. In each round both decode the same tokens with
     their steps interleaved one by one (AB BA AB ...), so whatever slows the machine for a few
     milliseconds slows both alike: what remains in the round's ratio of medians is the difference
-    between the builds. With ``reopen`` both sessions are opened anew before every round: two
-    sessions of one file differ by a few percent that lasts as long as they do (where their
-    memory landed), and only new sessions make the rounds independent units. Contention is
-    reported, not re-measured: it slows both builds of a round alike.
+    between the builds. Contention is reported, not re-measured: it slows both builds alike.
 
-    Both sessions are opened without spinning workers: onnxruntime's idle workers spin for a
-    while after each run, on the cores the other session's next step needs (measured on SmolLM2
-    int8, 24 rounds: log-ratio spread 0.22 with spinning, 0.009 without).
+    Two sessions of one file differ by a few tenths of a percent to 2% for as long as they live,
+    and the one opened first tends to be the slower (SmolLM2 int8: 1.2% over 100 A/A jobs). So
+    both are opened anew every ``reopen_every`` rounds, the other one first each time, and the
+    biases cancel in the median. Both run without spinning workers: onnxruntime's idle workers spin
+    for a while after each run, on the cores the other session's next step needs (24 A/A rounds:
+    log-ratio spread 0.22 with spinning, 0.009 without).
     """
-    reopen = bool(job.get("reopen"))
-    candidate, baseline = open_candidate(), open_baseline(job["baseline_model"])
+    every = int(job.get("reopen_every") or job["rounds"])
     prompt = np.asarray([job["prompt_ids"]], dtype=np.int64)
-    for backend in (candidate, baseline):
-        for _ in range(job["warmup"]):
-            _decode_round(backend, prompt, job["tokens"])
-    ratios = []
+    ratios: list[float] = []
     with disturbance.RegionMonitor(job.get("sysfs_root", "/")) as monitor:
         for index in range(job["rounds"]):
-            if reopen and index:
-                candidate, baseline = _reopened(open_candidate, lambda: open_baseline(job["baseline_model"]), prompt)
+            if index % every == 0:
+                candidate = baseline = None  # the old pair is freed before the new one is loaded
+                candidate, baseline = _opened(open_candidate, lambda: open_baseline(job["baseline_model"]), prompt,
+                                              baseline_first=(index // every) % 2 == 1, warmup=job["warmup"])
             ratios.append(_interleaved_round(candidate, baseline, prompt, job["tokens"], index))
-    how = "sessions opened anew each round" if reopen else "one session each"
     yield metric("decode_vs_baseline", float(np.median(ratios)), "x", ratios, unit_size=1,
                  note=f"{len(ratios)} rounds of {job['tokens']} interleaved steps against {job['baseline_label']} "
-                      f"({how}; other processes used {monitor.contention:.0%} of the CPU meanwhile)")
+                      f"(sessions opened anew every {every} rounds, in alternating order; other processes used "
+                      f"{monitor.contention:.0%} of the CPU meanwhile)")
 
 
-def _reopened(open_candidate: Callable[[], CausalLMBackend], open_baseline: Callable[[], CausalLMBackend],
-              prompt: np.ndarray) -> tuple[CausalLMBackend, CausalLMBackend]:
-    """Both sessions anew, each warmed by one short decode (its first steps allocate)."""
-    pair = []
-    for opener in (open_candidate, open_baseline):
-        backend = opener()
-        _decode_round(backend, prompt, 2)
-        pair.append(backend)
-    return pair[0], pair[1]
+def _opened(open_candidate: Callable[[], CausalLMBackend], open_baseline: Callable[[], CausalLMBackend],
+            prompt: np.ndarray, baseline_first: bool, warmup: int) -> tuple[CausalLMBackend, CausalLMBackend]:
+    """Both sessions anew, in the order asked, each warmed by ``warmup`` decodes of the prompt."""
+    openers = [open_baseline, open_candidate] if baseline_first else [open_candidate, open_baseline]
+    opened = [opener() for opener in openers]
+    for backend in opened:
+        for _ in range(max(warmup, 1)):
+            _decode_round(backend, prompt, 4)
+    return (opened[1], opened[0]) if baseline_first else (opened[0], opened[1])
 
 
 class _Decoding:
@@ -257,46 +255,6 @@ def _vm_hwm_bytes() -> int | None:
     except OSError:
         pass
     return None
-
-
-def accuracy(backend: CausalLMBackend, job: dict[str, Any]) -> Iterator[Event]:
-    """Perplexity on the text; KL and top-1 agreement against the reference's saved log-probs."""
-    logprobs, targets = _window_logprobs(backend, job["windows"])
-    picked = np.take_along_axis(logprobs, targets[:, None], axis=1)[:, 0]
-    yield metric("perplexity", float(np.exp(-picked.astype(np.float64).mean())), "")
-    if job.get("save_logprobs"):
-        save_atomically(job["save_logprobs"], logprobs)
-    reference_path = job.get("reference_logprobs")
-    if not reference_path:
-        return
-    reference = np.load(reference_path, mmap_mode="r")
-    if reference.shape != logprobs.shape:
-        raise ValueError(f"reference log-probs have shape {reference.shape}, this variant {logprobs.shape}")
-    kl = _kl_per_position(np.asarray(reference), logprobs)
-    yield metric("kl_mean", float(kl.mean()), "nats")
-    yield metric("kl_max", float(kl.max()), "nats")
-    agree = np.argmax(reference, axis=1) == np.argmax(logprobs, axis=1)
-    yield metric("top1_agreement", float(agree.mean()), "")
-
-
-def _window_logprobs(backend: CausalLMBackend, windows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    all_logprobs, all_targets = [], []
-    for window in windows:
-        ids = np.asarray([window], dtype=np.int64)
-        logits, _, _ = backend.step(ids, backend.empty_past(), 0)
-        all_logprobs.append(_log_softmax(logits[0, :-1].astype(np.float32)))
-        all_targets.append(ids[0, 1:])
-    return np.concatenate(all_logprobs), np.concatenate(all_targets)
-
-
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-
-
-def _kl_per_position(reference: np.ndarray, variant: np.ndarray) -> np.ndarray:
-    """KL(reference || variant) over the full vocabulary, one value per position."""
-    return np.maximum((np.exp(reference) * (reference - variant)).sum(axis=1), 0.0)
 
 
 def save_atomically(path: str, array: np.ndarray) -> None:

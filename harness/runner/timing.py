@@ -5,8 +5,6 @@ Imported by the host too (``edgegate.stats``) so both sides compute the interval
 
 from __future__ import annotations
 
-import os
-import time
 from dataclasses import dataclass
 from typing import Any
 

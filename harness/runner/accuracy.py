@@ -1,0 +1,102 @@
+"""A causal LM's accuracy on the evaluation windows: perplexity, and KL and top-1 against the reference.
+
+The reference variant saves, per predicted position, its ``TOP_K`` most likely tokens and their
+log-probabilities (not the whole vocabulary: 4,096 positions x 49,152 tokens would be 800 MB on
+the device). KL(reference || variant) is then computed over those tokens plus the rest of the
+vocabulary as one bucket, which is exact when the tail holds no mass and otherwise a lower bound
+(merging outcomes never raises a KL divergence). Every metric carries a 95% bootstrap interval
+over windows.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from . import intervals
+from .backends import CausalLMBackend
+from .events import Event, metric
+
+TOP_K = 256
+
+
+def accuracy(backend: CausalLMBackend, job: dict[str, Any]) -> Iterator[Event]:
+    """Perplexity on the text; KL and top-1 agreement against the reference's saved top tokens."""
+    windows = [_window_logprobs(backend, window) for window in job["windows"]]
+    nll = [-np.take_along_axis(lp, targets[:, None], axis=1)[:, 0].astype(np.float64) for lp, targets in windows]
+    unit = f"bootstrap over {len(windows)} windows of {len(nll[0])} predictions"
+    perplexity = _per_window(nll, lambda parts: float(np.exp(np.concatenate(parts).mean())))
+    yield _metric("perplexity", perplexity, "", unit, f"{sum(map(len, nll))} predictions")
+    if job.get("save_logprobs"):
+        save_top_k(job["save_logprobs"], np.concatenate([lp for lp, _ in windows]))
+    if not job.get("reference_logprobs"):
+        return
+    reference = dict(np.load(job["reference_logprobs"]))
+    logprobs = np.concatenate([lp for lp, _ in windows])
+    if reference["indices"].shape[0] != logprobs.shape[0]:
+        raise ValueError(f"reference top tokens cover {reference['indices'].shape[0]} positions, "
+                         f"this variant {logprobs.shape[0]}")
+    kl, agree = _split(kl_to_reference(reference, logprobs), nll), _split(_agreement(reference, logprobs), nll)
+    tail = f"KL over the reference's top {reference['indices'].shape[1]} tokens and the rest as one bucket"
+    yield _metric("kl_mean", _per_window(kl, lambda parts: float(np.concatenate(parts).mean())), "nats", unit, tail)
+    yield _metric("kl_max", _per_window(kl, lambda parts: float(np.concatenate(parts).max())), "nats", unit, tail)
+    yield _metric("top1_agreement", _per_window(agree, lambda parts: float(np.concatenate(parts).mean())), "", unit)
+
+
+def _per_window(parts: list[np.ndarray], statistic: Any) -> tuple[float, tuple[float, float] | None]:
+    """The statistic over every window, and its bootstrap interval over resampled windows."""
+    return statistic(parts), intervals.bootstrap(len(parts), lambda picked: statistic([parts[i] for i in picked]))
+
+
+def _metric(name: str, measured: tuple[float, tuple[float, float] | None], unit: str, ci_unit: str,
+            note: str | None = None) -> Event:
+    value, interval = measured
+    shown = f"95% interval {interval[0]:.4g}-{interval[1]:.4g} ({ci_unit})" if interval else None
+    text = "; ".join(part for part in (note, shown) if part) or None
+    return metric(name, value, unit, note=text, **intervals.fields(interval, ci_unit))
+
+
+def _split(values: np.ndarray, like: list[np.ndarray]) -> list[np.ndarray]:
+    return np.split(values, np.cumsum([len(part) for part in like])[:-1])
+
+
+def _window_logprobs(backend: CausalLMBackend, window: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.asarray([window], dtype=np.int64)
+    logits, _, _ = backend.step(ids, backend.empty_past(), 0)
+    return _log_softmax(logits[0, :-1].astype(np.float32)), ids[0, 1:]
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def save_top_k(path: str, logprobs: np.ndarray, k: int = TOP_K) -> None:
+    """The ``k`` most likely tokens of each position, most likely first, with their log-probs."""
+    k = min(k, logprobs.shape[1])
+    top = np.argpartition(-logprobs, k - 1, axis=1)[:, :k]
+    picked = np.take_along_axis(logprobs, top, axis=1)
+    order = np.argsort(-picked, axis=1)
+    indices, values = np.take_along_axis(top, order, axis=1), np.take_along_axis(picked, order, axis=1)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    temporary = f"{path}.tmp-{os.getpid()}.npz"
+    np.savez(temporary, indices=indices.astype(np.int32), logprobs=values.astype(np.float32))
+    os.replace(temporary, path)
+
+
+def kl_to_reference(reference: Any, logprobs: np.ndarray) -> np.ndarray:
+    """KL(reference || variant) per position over the reference's top tokens plus one tail bucket."""
+    indices, ref_top = reference["indices"], reference["logprobs"].astype(np.float64)
+    var_top = np.take_along_axis(logprobs, indices, axis=1).astype(np.float64)
+    p, q = np.exp(ref_top), np.exp(var_top)
+    head = (p * (ref_top - var_top)).sum(axis=1)
+    p_tail, q_tail = np.clip(1 - p.sum(axis=1), 0, 1), np.clip(1 - q.sum(axis=1), 1e-12, 1)
+    tail = np.where(p_tail > 1e-12, p_tail * (np.log(np.maximum(p_tail, 1e-300)) - np.log(q_tail)), 0.0)
+    return np.maximum(head + tail, 0.0)
+
+
+def _agreement(reference: Any, logprobs: np.ndarray) -> np.ndarray:
+    return (reference["indices"][:, 0] == np.argmax(logprobs, axis=1)).astype(np.float64)
