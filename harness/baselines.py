@@ -38,13 +38,15 @@ class BaselineChoice:
 
 def skipped_runs(store: HistoryStore, suite: str, device: str, variant: str, exclude_run: str | None = None,
                  newer_than: str | None = None, main_branches: Sequence[str] = MAIN_BRANCHES) -> tuple[str, ...]:
-    """Passing runs on the main line that may not be baselines, newest first, down to ``newer_than``."""
-    runs = _on_main(store.passing_runs(suite, device, variant), main_branches)
+    """Runs on the main line that passed or were inconclusive but may not be baselines, newest
+    first, down to ``newer_than``; a blocked run is no candidate, so it is not listed."""
+    runs = _on_main(store.verdict_runs(suite, device, variant), main_branches)
     skipped = []
     for row in runs.itertuples():
         if row.run_id == newer_than:
             break
-        if row.run_id != exclude_run and isinstance(row.excluded, str):
+        candidate = bool(row.ok) or bool(row.inconclusive)
+        if row.run_id != exclude_run and candidate and isinstance(row.excluded, str):
             skipped.append(f"{row.run_id}: {row.excluded}")
     return tuple(skipped)
 

@@ -12,7 +12,7 @@ PROBE_TIMEOUT_S = 60.0
 # Runs on the device with its python; standard library only, whatever is missing is reported.
 PROBE = r"""
 import json, os, platform, shutil, sys
-info = {"python": platform.python_version(), "executable": sys.executable, "machine": platform.machine(),
+info = {"python": platform.python_version(), "python_implementation": platform.python_implementation(), "executable": sys.executable, "machine": platform.machine(),
         "system": platform.system(), "kernel": platform.release(), "libc": list(platform.libc_ver()),
         "cpu_count": os.cpu_count()}
 for name in ("numpy", "onnxruntime", "psutil"):
@@ -87,15 +87,21 @@ def probe(device: str, runner: CommandRunner, providers: tuple[str, ...] = (), t
         return DeviceReport(device, {}, (f"cannot run {python}: {why[0]}; install Python 3 on the device "
                                           f"or set `python:` in its profile",))
     facts = json.loads(result.stdout.strip().splitlines()[-1])
-    return DeviceReport(device, facts, tuple(_problems(device, facts, providers)), tuple(_warnings(facts, threads)))
+    return DeviceReport(device, facts, tuple(_problems(device, facts, providers)), tuple(_warnings(facts, providers, threads)))
 
 
-def _warnings(facts: dict[str, Any], threads: int) -> list[str]:
+def _warnings(facts: dict[str, Any], providers: tuple[str, ...], threads: int) -> list[str]:
+    found = []
     cpus = facts.get("cpu_count")
     if threads and isinstance(cpus, int) and threads > cpus:
-        return [f"the profile asks for threads: {threads}, but the device has {cpus} CPUs: the extra threads "
-                f"share cores and slow every measurement; set threads: {cpus} (or 0 for onnxruntime's default)"]
-    return []
+        found.append(f"the profile asks for threads: {threads}, but the device has {cpus} CPUs: the extra threads "
+                     f"share cores and slow every measurement; set threads: {cpus} (or 0 for onnxruntime's default)")
+    have = facts.get("providers") or []
+    skipped = [p for p in providers if facts.get("onnxruntime") and p not in have]
+    if skipped and len(skipped) < len(providers):
+        found.append(f"execution providers {skipped} are not in this onnxruntime ({have}): measuring with "
+                     f"{[p for p in providers if p in have]}; install the matching onnxruntime build to use them")
+    return found
 
 
 def _problems(device: str, facts: dict[str, Any], providers: tuple[str, ...]) -> list[str]:
@@ -109,8 +115,8 @@ def _problems(device: str, facts: dict[str, Any], providers: tuple[str, ...]) ->
             f"no internet needed there), or on the device: pip install {' '.join(missing)}"
         )
     unavailable = [p for p in providers if facts.get("onnxruntime") and p not in facts.get("providers", [])]
-    if unavailable:
-        problems.append(f"execution providers {unavailable} not in this onnxruntime "
+    if unavailable and len(unavailable) == len(providers):
+        problems.append(f"none of the execution providers {list(providers)} is in this onnxruntime "
                         f"({facts.get('providers')}); install the matching onnxruntime build or fix the profile")
     if facts.get("disk_free_mb") is not None and facts["disk_free_mb"] < 1024:
         problems.append(f"only {facts['disk_free_mb']} MB free in the work dir; variants need up to ~1 GB")

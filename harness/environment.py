@@ -40,6 +40,7 @@ def host_manifest() -> dict[str, Any]:
 
     return {
         "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpu_model": _cpu_model(),

@@ -403,7 +403,7 @@ class RunSession:
         elif kind == "settings":
             result.settings.update(event.get("settings", {}))
         elif kind == "thermal":
-            result.settings["thermal"] = {k: event.get(k) for k in ("before", "after", "warnings")}
+            result.settings["thermal"] = {k: event.get(k) for k in ("before", "after", "during_max", "warnings")}
         elif kind == "done" and event.get("failures") and not result.errors:
             raise RunnerError(f"runner reported {event['failures']} failures without saying which")
 

@@ -211,17 +211,22 @@ class HistoryStore:
         return None if row is None else row[0]
 
     def passing_runs(self, suite: str, device: str, variant: str) -> pd.DataFrame:
-        """Runs whose verdict for suite/device/variant passed, newest first: run_id, started_at,
-        git_commit, branch, and ``excluded``: why the run may not be a baseline (None: it may).
-        A run with any failed verdict for that key does not count. A passing run is excluded when a
-        verdict says so (a disturbed measurement, an injected slowdown, a lost lease) or when it
-        passed as inconclusive (``--edgegate-inconclusive=pass``). A variant expected to be blocked
-        (``expect: {blocked: ...}``) counts as passing when it was blocked as expected."""
+        """Runs whose verdict for suite/device/variant passed, newest first (see :meth:`verdict_runs`)."""
+        runs = self.verdict_runs(suite, device, variant)
+        return runs[runs.ok.astype(bool)].reset_index(drop=True)
+
+    def verdict_runs(self, suite: str, device: str, variant: str) -> pd.DataFrame:
+        """Every run with a verdict for suite/device/variant, newest first: run_id, started_at,
+        git_commit, branch; ``ok``: every verdict passed (a variant expected to be blocked,
+        ``expect: {blocked: ...}``, counts as passing when it was blocked as expected);
+        ``inconclusive``: a verdict was; ``excluded``: why the run may not be a baseline (None: it
+        may): a disturbed measurement, an injected slowdown, a lost lease, or "inconclusive"."""
         query = ("SELECT r.run_id, r.started_at, r.git_commit, r.branch, "
+                 "MIN(v.passed = 1 OR (v.verdict = 'blocked' AND v.expected IS NOT NULL)) AS ok, "
+                 "MAX(v.verdict = 'inconclusive') AS inconclusive, "
                  "MAX(COALESCE(v.baseline_excluded, CASE WHEN v.verdict = 'inconclusive' THEN 'inconclusive' END)) "
                  "AS excluded FROM runs r JOIN verdicts v ON v.run_id = r.run_id "
                  "WHERE v.suite = ? AND v.device = ? AND v.variant = ? GROUP BY r.run_id "
-                 "HAVING MIN(v.passed = 1 OR (v.verdict = 'blocked' AND v.expected IS NOT NULL)) = 1 "
                  "ORDER BY r.started_at DESC, r.rowid DESC")
         with closing(self._connect()) as db:
             return pd.read_sql_query(query, db, params=(suite, device, variant))

@@ -20,9 +20,11 @@ HOST = {"python": "3.11.9", "platform": "Linux-6.1-x86_64-with-glibc2.36", "mach
         "cpu_model": "Test CPU", "logical_cpus": 8}
 
 
-def _record_run(store: HistoryStore, run_id: str, commit: str = "abc123-dirty") -> None:
+def _record_run(store: HistoryStore, run_id: str, commit: str = "abc123-dirty", branch: str | None = None,
+                environment: dict[str, Any] | None = None) -> None:
     devices = ("local", "nsdev")
-    store.start_run(RunInfo(run_id, "2026-01-01T00:00:00+00:00", commit, ("tiny",), devices, {"host": HOST}))
+    store.start_run(RunInfo(run_id, "2026-01-01T00:00:00+00:00", commit, ("tiny",), devices,
+                            {"host": HOST, **(environment or {})}, branch=branch))
     rows: list[dict[str, Any]] = []
     for device in devices:
         for variant in ("fp32", "int4"):
@@ -134,3 +136,70 @@ def test_compare_between_two_runs_of_one_device(written: tuple[HistoryStore, Pat
     table = _cli(tmp_path, "--storage", str(storage), "compare", "--between=median", "edgegate-nsdev/*")
     assert "0001_r1 Median" in table and "0002_r2 Median" in table and "ΔMedian" in table
     assert "decode_ms[fp32]" in table and "11.5000" in table
+
+
+# --- every field from what the run recorded, or null and why ------------------------------------------
+
+# What devicecheck's probe records for a device (its keys, not the host manifest's).
+PROBED = {"python": "3.10.12", "executable": "/home/edge/venv/bin/python", "machine": "aarch64", "system": "Linux",
+          "kernel": "5.15.136-tegra", "cpu_count": 6, "cpu_model": "ARMv8 Processor rev 1 (v8l)",
+          "python_implementation": "CPython"}
+
+
+def _document(store: HistoryStore, storage: Path, run_id: str, device: str) -> dict[str, Any]:
+    (path,) = [p for p in write_run(store, run_id, storage) if p.parent.name == f"edgegate-{device}"]
+    return json.loads(path.read_text())
+
+
+def test_branch_is_the_runs_row_and_null_with_the_reason_where_none_was_recorded(tmp_path: Path) -> None:
+    store = HistoryStore(tmp_path / "h.sqlite")
+    _record_run(store, "r1", branch="feature/int4")
+    _record_run(store, "r2")
+    assert _document(store, tmp_path / "b", "r1", "nsdev")["commit_info"]["branch"] == "feature/int4"
+    assert "commit_info.branch" not in _document(store, tmp_path / "b", "r1", "nsdev")["edgegate_unrecorded"]
+    unrecorded = _document(store, tmp_path / "b", "r2", "nsdev")
+    assert unrecorded["commit_info"]["branch"] is None
+    assert "recorded no branch" in unrecorded["edgegate_unrecorded"]["commit_info.branch"]
+
+
+def test_interpreter_comes_from_the_devices_recorded_facts_or_is_null_with_the_reason(tmp_path: Path) -> None:
+    store = HistoryStore(tmp_path / "h.sqlite")
+    _record_run(store, "r1", environment={"devices": {"nsdev": PROBED}})
+    probed = _document(store, tmp_path / "b", "r1", "nsdev")["machine_info"]
+    assert probed["python_implementation"] == "CPython" and probed["python_implementation_version"] == "3.10.12"
+    assert probed["python_version"] == "3.10.12" and probed["machine"] == "aarch64"
+    assert probed["system"] == "Linux" and probed["release"] == "5.15.136-tegra"
+    assert probed["cpu"] == {"brand_raw": "ARMv8 Processor rev 1 (v8l)", "count": 6}
+    host = _document(store, tmp_path / "b", "r1", "local")  # the host manifest records no implementation
+    assert host["machine_info"]["python_version"] == "3.11.9"
+    assert host["machine_info"]["python_implementation"] is None  # not guessed "CPython"
+    assert host["machine_info"]["python_implementation_version"] is None
+    assert "implementation" in host["edgegate_unrecorded"]["machine_info.python_implementation"]
+
+
+def test_warmup_and_gc_are_null_with_the_reason_where_the_run_recorded_none(
+        written: tuple[HistoryStore, Path, list[Path]]) -> None:
+    _, _, (local, _) = written
+    options = _bench(local, "decode_ms[fp32]")["options"]
+    assert options["warmup"] is None and options["warmup_iterations"] is None and options["disable_gc"] is None
+    assert options["min_rounds"] == 4 and options["timer"] == "time.perf_counter_ns (on device)"
+    why = json.loads(local.read_text())["edgegate_unrecorded"]
+    assert "warm-up" in why["benchmarks.options.warmup"] and "garbage collector" in why["benchmarks.options.disable_gc"]
+
+
+def test_warmup_and_gc_come_from_the_variants_recorded_settings(tmp_path: Path) -> None:
+    settings = {"tiny/nsdev/fp32": {"warmup": {"decode": 3, "prefill": 0}, "gc_enabled": True},
+                "tiny/nsdev/int4": {"warmup": {"decode": 1}, "gc_enabled": False}}
+    store = HistoryStore(tmp_path / "h.sqlite")
+    _record_run(store, "r1", environment={"variants": settings})
+    storage = tmp_path / "b"
+    nsdev = next(p for p in write_run(store, "r1", storage) if p.parent.name == "edgegate-nsdev")
+    decode, prefill = _bench(nsdev, "decode_ms[fp32]")["options"], _bench(nsdev, "prefill_ms[fp32]")["options"]
+    assert (decode["warmup"], decode["warmup_iterations"], decode["disable_gc"]) == (True, 3, False)
+    assert (prefill["warmup"], prefill["warmup_iterations"], prefill["disable_gc"]) == (False, 0, False)
+    unwarmed = _bench(nsdev, "prefill_ms[int4]")["options"]  # int4 recorded no prefill warm-up
+    assert unwarmed["warmup_iterations"] is None and unwarmed["disable_gc"] is True
+    why = json.loads(nsdev.read_text())["edgegate_unrecorded"]
+    assert "benchmarks.options.warmup" in why and "benchmarks.options.disable_gc" not in why
+    table = _cli(tmp_path, "compare", str(nsdev))  # pytest-benchmark still reads it
+    assert table.count("decode_ms[int4]") == 1

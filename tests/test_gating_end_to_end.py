@@ -61,7 +61,8 @@ def test_aa_passes_then_an_injected_slowdown_fails_against_the_baseline(
     monkeypatch.setenv("EDGEGATE_INJECT_SLOWDOWN", "1.0")
     slow = nightly(pytester, shared_cache)
     assert slow.ret == 1
-    slow.stdout.fnmatch_lines(["*decode_ms regressed: * ms (+*%, limit +60%), Mann-Whitney U p=* < 0.01 vs baseline *"])
+    slow.stdout.fnmatch_lines(["*decode_ms regressed: * ms (+*%, limit +60%), Mann-Whitney U p=* < 0.01 over 10 rounds "
+                               "of 16 steps vs 10 rounds of 16 steps vs baseline *"])
     assert "Traceback" not in slow.stdout.str()
     properties = {p.get("name") for p in ET.parse(gated_project / "aa.xml").iter("property")}
     assert {"edgegate.decode_ms", "edgegate.perplexity", "edgegate.size_mb", "edgegate.verdict"} <= properties
@@ -126,7 +127,7 @@ def test_a_contended_rerun_of_an_unchanged_build_is_inconclusive_never_regressed
     with cpu_hogs():
         busy = nightly(pytester, shared_cache, "--junitxml=busy.xml")
         lenient = nightly(pytester, shared_cache, "--edgegate-inconclusive=pass")
-    assert "regressed" not in busy.stdout.str() and busy.ret == 1
+    assert " regressed: " not in busy.stdout.str() and busy.ret == 1
     busy.stdout.fnmatch_lines([
         "*int4 on local: inconclusive: decode_ms = * not judged: its timed region was disturbed (other processes "
         "used *% of the CPU (limit 10%), in each of 2 attempts)*",
@@ -139,9 +140,8 @@ def test_a_contended_rerun_of_an_unchanged_build_is_inconclusive_never_regressed
     quiet.assert_outcomes(passed=3)
     store = HistoryStore(gated_project / "reports" / "history.sqlite")
     runs = list(store.frame("runs").run_id)
-    # the busy run failed, so it never was a candidate; the lenient one passed, and is skipped, saying why
-    quiet.stdout.fnmatch_lines([f"*int4 on local: not a baseline: run {runs[2]}: disturbed: *decode_ms*"])
-    assert f"not a baseline: run {runs[1]}" not in quiet.stdout.str()
+    quiet.stdout.fnmatch_lines([f"*int4 on local: not a baseline: run {runs[2]}: disturbed: *decode_ms*",
+                                f"*int4 on local: not a baseline: run {runs[1]}: disturbed: *decode_ms*"])
     page = (gated_project / "reports" / "latest.html").read_text()
     assert f"{runs[0]} (last clean passing run on main/master)" in page and f"skipped {runs[2]}: disturbed" in page
 
@@ -163,7 +163,7 @@ def cpu_cgroup(name: str, quota_us: int, period_us: int) -> Path | None:
 
 def test_a_device_slowed_by_a_cpu_quota_regresses_it_is_not_contention(
         pytester: pytest.Pytester, gated_project: Path, shared_cache: Path) -> None:
-    group = cpu_cgroup(f"edgegate-test-{os.getpid()}", quota_us=300, period_us=1000)
+    group = cpu_cgroup(f"edgegate-test-{os.getpid()}", quota_us=1000, period_us=5000)  # 20% of a CPU, 1 ms at a time
     if group is None:
         pytest.skip("needs root and a cgroup v1 cpu controller (/sys/fs/cgroup/cpu) to give the runner a quota")
     nightly(pytester, shared_cache).assert_outcomes(passed=3)

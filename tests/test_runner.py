@@ -94,3 +94,31 @@ def test_peak_rss_is_the_runners_own_not_its_parents(tiny_artifacts: dict, tmp_p
     peak = metrics(events)["peak_rss_mb"]["value"]
     assert 10 < peak < 600, peak  # a runner with a tiny model needs ~100 MB; ru_maxrss would say > 800
     assert ballast[-1] == 1.0
+
+
+def test_kl_over_the_reference_top_tokens_is_exact_with_the_whole_vocabulary_and_a_lower_bound_below() -> None:
+    from edgegate.runner.accuracy import kl_to_reference, top_k
+
+    rng = np.random.default_rng(5)
+    ref_logits, var_logits = rng.normal(0, 3, (40, 500)), rng.normal(0, 3, (40, 500))
+    ref = ref_logits - np.log(np.exp(ref_logits).sum(axis=1, keepdims=True))
+    var = var_logits - np.log(np.exp(var_logits).sum(axis=1, keepdims=True))
+    exact = (np.exp(ref) * (ref - var)).sum(axis=1)
+    whole = dict(zip(("indices", "logprobs"), top_k(ref, k=500)))
+    assert np.allclose(kl_to_reference(whole, var), exact, atol=1e-9)
+    head = dict(zip(("indices", "logprobs"), top_k(ref, k=20)))
+    bucketed = kl_to_reference(head, var)
+    assert np.all(bucketed <= exact + 1e-9) and np.all(bucketed > 0.5 * exact)
+    assert np.all(head["indices"][:, 0] == np.argmax(ref, axis=1))
+
+
+def test_accuracy_intervals_cover_the_value_and_name_their_unit(tiny_artifacts: dict, tmp_path: Path) -> None:
+    windows = [list(range(5 + 40 * i, 37 + 40 * i)) for i in range(4)]
+    saved = tmp_path / "ref.npz"
+    run(job_for(tiny_artifacts["fp32"].model, windows, save_logprobs=str(saved)), tmp_path)
+    int4 = metrics(run(job_for(tiny_artifacts["int4"].model, windows, reference_logprobs=str(saved)), tmp_path))
+    for name in ("perplexity", "kl_mean", "kl_max", "top1_agreement"):
+        event = int4[name]
+        assert event["ci_low"] <= event["value"] <= event["ci_high"], (name, event)
+        assert event["ci_unit"] == "bootstrap over 4 windows of 31 predictions"
+    assert int4["perplexity"]["ci_low"] < int4["perplexity"]["ci_high"]

@@ -98,7 +98,8 @@ def run_context(store: HistoryStore, run_id: str) -> dict[str, Any]:
 
 def _limited(cell: Cell, limit: str, straddles: str) -> Cell:
     """The cell with the limits that apply to it, flagged when its interval straddles one."""
-    return replace(cell, limit=limit, straddles=straddles, title="; ".join(t for t in (cell.title, straddles) if t))
+    title = "; ".join(t for t in (cell.title, straddles) if isinstance(t, str) and t)
+    return replace(cell, limit=limit, straddles=straddles, title=title)
 
 
 def _baseline_values(history: pd.DataFrame, baseline_runs: dict[tuple[str, ...], str]) -> dict[tuple[str, ...], float]:
@@ -243,7 +244,7 @@ def _cell(record: dict[str, Any] | None, baseline: float | None = None, metric: 
         note = record.get("note")
         title = "; ".join(t for t in (note if isinstance(note, str) else "", against) if t)
         interval = _interval(record)
-        return Cell(text, title or (note or ""), interval=interval, change=delta, change_class=kind)
+        return Cell(text, title or (note if isinstance(note, str) else ""), interval=interval, change=delta, change_class=kind)
     title = (f"n={int(record['n'])}, 95% CI of median [{_format(record['ci_low'])}, {_format(record['ci_high'])}], "
              f"p90 {_format(record['p90'])}, p99 {_format(record['p99'])}"
              + (f"; {record['note']}" if record.get("note") else "") + (f"; {against}" if against else ""))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import platform
 import sys
@@ -28,6 +29,7 @@ def run_job(job: dict[str, Any]) -> int:
     emit({"event": "start", "protocol": PROTOCOL, "python": platform.python_version()})
     sysfs_root = job.get("sysfs_root", "/")
     before = thermal.snapshot(sysfs_root)
+    peaks = thermal.PeakSampler(sysfs_root).start()  # the hottest readings during the run, not only at its ends
     sensor = sensors.open_sensor({**job.get("power", {}), "sysfs_root": sysfs_root})
     failures = _guarded("size", lambda: measure.model_size(job["model"]))
     if isinstance(sensor, sensors.Unavailable):
@@ -35,17 +37,20 @@ def run_job(job: dict[str, Any]) -> int:
             emit(metric(name, None, unit, note=f"unavailable: {sensor.reason}"))
         sensor = None
     else:
-        failures += _guarded("idle power", lambda: [metric("power_idle_w", sensors.idle_baseline(sensor), "W")])
+        failures += _guarded("idle power", lambda: [_idle_metric(sensor)])
     backend_type = BACKENDS[job.get("backend", "onnxruntime")]
     try:
         backend, events = measure.load(lambda: backend_type(job["model"], job["providers"], job["threads"],
                                                             float(job.get("inject_slowdown", 0.0))))
     except Exception as exc:  # noqa: BLE001 - reported to the host, which decides
         emit(_error("load", exc))
+        peaks.stop()
         emit({"event": "done", "failures": failures + 1})
         return 1
     for event in events:
         emit(event)
+    emit({"event": "settings", "settings": {"gc_enabled": gc.isenabled(), "warmup": {
+        name: entry["warmup"] for name, entry in job.get("measurements", {}).items() if "warmup" in entry}}})
     def open_model(model: str, slowdown: float = 0.0) -> Any:  # for the paired decode: without spinning
         return backend_type(model, job["providers"], job["threads"], slowdown, spin=False)
 
@@ -55,8 +60,9 @@ def run_job(job: dict[str, Any]) -> int:
     region = {"disturbance": job.get("disturbance") or {}, "sysfs_root": sysfs_root}
     wanted = {name: {**entry, **region} for name, entry in job.get("measurements", {}).items()}
     failures += _measure_all(backend, wanted, sensor, open_model, open_candidate)
+    during = peaks.stop()
     after = thermal.snapshot(sysfs_root)
-    failures += _guarded("thermal", lambda: _thermal_events(before, after))
+    failures += _guarded("thermal", lambda: _thermal_events(before, after, during))
     emit({"event": "done", "failures": failures})
     return 0
 
@@ -77,16 +83,23 @@ def _measure_all(backend: Any, wanted: dict[str, Any], sensor: Any, open_model: 
     return sum(_guarded(name, step) for name, step in steps if name in wanted or name == "peak_rss")
 
 
-def _thermal_events(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
-    found = thermal.warnings(before, after)
+def _thermal_events(before: dict[str, Any], after: dict[str, Any], during: dict[str, float]) -> list[dict[str, Any]]:
+    found = thermal.warnings(before, after, during)
     alarms = [w for w in found if not w.startswith("note:")]
-    temps = list(after.get("zones", {}).values())
+    temps = list(after.get("zones", {}).values()) + list(during.values())
     return [
-        {"event": "thermal", "before": before, "after": after, "warnings": found},
+        {"event": "thermal", "before": before, "after": after, "during_max": during, "warnings": found},
         metric("thermal_warnings", float(len(alarms)), "", note="; ".join(found) or None),
         metric("temp_max_c", max(temps) if temps else None, "C",
-               note=None if temps else "unavailable: no readable /sys/class/thermal zone"),
+               note="hottest zone reading, sampled every 0.5 s during the run" if temps
+               else "unavailable: no readable /sys/class/thermal zone"),
     ]
+
+
+def _idle_metric(sensor: Any) -> dict[str, Any]:
+    """Idle watts before the model loads, with how they were had, or why there are none, in the note."""
+    summary = sensors.idle_summary(sensor)
+    return metric("power_idle_w", summary["avg_w"], "W", note=f"1 s before loading the model; {summary['method']}")
 
 
 def _guarded(name: str, step: Callable[[], Iterable[dict[str, Any]]]) -> int:

@@ -11,6 +11,7 @@ over windows.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,26 +25,53 @@ TOP_K = 256
 
 
 def accuracy(backend: CausalLMBackend, job: dict[str, Any]) -> Iterator[Event]:
-    """Perplexity on the text; KL and top-1 agreement against the reference's saved top tokens."""
-    windows = [_window_logprobs(backend, window) for window in job["windows"]]
-    nll = [-np.take_along_axis(lp, targets[:, None], axis=1)[:, 0].astype(np.float64) for lp, targets in windows]
-    unit = f"bootstrap over {len(windows)} windows of {len(nll[0])} predictions"
-    perplexity = _per_window(nll, lambda parts: float(np.exp(np.concatenate(parts).mean())))
-    yield _metric("perplexity", perplexity, "", unit, f"{sum(map(len, nll))} predictions")
-    if job.get("save_logprobs"):
-        save_top_k(job["save_logprobs"], np.concatenate([lp for lp, _ in windows]))
-    if not job.get("reference_logprobs"):
+    """Perplexity on the text; KL and top-1 agreement against the reference's saved top tokens.
+
+    One window's log-probs at a time (4,096 positions of the full vocabulary would be 800 MB)."""
+    try:
+        reference, problem = _reference(job), None
+    except (OSError, ValueError, KeyError) as exc:  # reported after perplexity, which needs no reference
+        reference, problem = None, exc
+    nll, kl, agree, saved = [], [], [], []
+    started = time.perf_counter()
+    for window in job["windows"]:
+        logprobs, targets = _window_logprobs(backend, window)
+        nll.append(-np.take_along_axis(logprobs, targets[:, None], axis=1)[:, 0].astype(np.float64))
+        if job.get("save_logprobs"):
+            saved.append(top_k(logprobs))
+        if reference is not None:
+            part = _slice(reference, sum(map(len, kl)), len(targets))
+            kl.append(kl_to_reference(part, logprobs))
+            agree.append((part["indices"][:, 0] == np.argmax(logprobs, axis=1)).astype(np.float64))
+    unit = f"bootstrap over {len(nll)} windows of {len(nll[0])} predictions"
+    cost = f"{sum(map(len, nll))} predictions in {time.perf_counter() - started:.1f} s"
+    yield _metric("perplexity", _per_window(nll, lambda parts: float(np.exp(np.concatenate(parts).mean()))), "",
+                  unit, cost)
+    if saved:
+        save_top_k(job["save_logprobs"], saved)
+    if problem is not None:
+        raise problem
+    if reference is None:
         return
-    reference = dict(np.load(job["reference_logprobs"]))
-    logprobs = np.concatenate([lp for lp, _ in windows])
-    if reference["indices"].shape[0] != logprobs.shape[0]:
-        raise ValueError(f"reference top tokens cover {reference['indices'].shape[0]} positions, "
-                         f"this variant {logprobs.shape[0]}")
-    kl, agree = _split(kl_to_reference(reference, logprobs), nll), _split(_agreement(reference, logprobs), nll)
     tail = f"KL over the reference's top {reference['indices'].shape[1]} tokens and the rest as one bucket"
     yield _metric("kl_mean", _per_window(kl, lambda parts: float(np.concatenate(parts).mean())), "nats", unit, tail)
     yield _metric("kl_max", _per_window(kl, lambda parts: float(np.concatenate(parts).max())), "nats", unit, tail)
     yield _metric("top1_agreement", _per_window(agree, lambda parts: float(np.concatenate(parts).mean())), "", unit)
+
+
+def _reference(job: dict[str, Any]) -> dict[str, np.ndarray] | None:
+    if not job.get("reference_logprobs"):
+        return None
+    reference = dict(np.load(job["reference_logprobs"]))
+    positions = sum(len(window) - 1 for window in job["windows"])
+    if reference["indices"].shape[0] != positions:
+        raise ValueError(f"reference top tokens cover {reference['indices'].shape[0]} positions, "
+                         f"this variant's windows {positions}")
+    return reference
+
+
+def _slice(reference: dict[str, np.ndarray], start: int, count: int) -> dict[str, np.ndarray]:
+    return {name: values[start:start + count] for name, values in reference.items()}
 
 
 def _per_window(parts: list[np.ndarray], statistic: Any) -> tuple[float, tuple[float, float] | None]:
@@ -59,10 +87,6 @@ def _metric(name: str, measured: tuple[float, tuple[float, float] | None], unit:
     return metric(name, value, unit, note=text, **intervals.fields(interval, ci_unit))
 
 
-def _split(values: np.ndarray, like: list[np.ndarray]) -> list[np.ndarray]:
-    return np.split(values, np.cumsum([len(part) for part in like])[:-1])
-
-
 def _window_logprobs(backend: CausalLMBackend, window: list[int]) -> tuple[np.ndarray, np.ndarray]:
     ids = np.asarray([window], dtype=np.int64)
     logits, _, _ = backend.step(ids, backend.empty_past(), 0)
@@ -74,16 +98,21 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
-def save_top_k(path: str, logprobs: np.ndarray, k: int = TOP_K) -> None:
-    """The ``k`` most likely tokens of each position, most likely first, with their log-probs."""
+def top_k(logprobs: np.ndarray, k: int = TOP_K) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` most likely tokens of each position, most likely first, and their log-probs."""
     k = min(k, logprobs.shape[1])
     top = np.argpartition(-logprobs, k - 1, axis=1)[:, :k]
     picked = np.take_along_axis(logprobs, top, axis=1)
-    order = np.argsort(-picked, axis=1)
-    indices, values = np.take_along_axis(top, order, axis=1), np.take_along_axis(picked, order, axis=1)
+    order = np.argsort(-picked, axis=1, kind="stable")
+    return np.take_along_axis(top, order, axis=1).astype(np.int32), np.take_along_axis(picked, order, axis=1)
+
+
+def save_top_k(path: str, windows: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    """Every window's top tokens in one ``.npz``, written atomically."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     temporary = f"{path}.tmp-{os.getpid()}.npz"
-    np.savez(temporary, indices=indices.astype(np.int32), logprobs=values.astype(np.float32))
+    np.savez(temporary, indices=np.concatenate([i for i, _ in windows]),
+             logprobs=np.concatenate([v for _, v in windows]).astype(np.float32))
     os.replace(temporary, path)
 
 
@@ -96,7 +125,3 @@ def kl_to_reference(reference: Any, logprobs: np.ndarray) -> np.ndarray:
     p_tail, q_tail = np.clip(1 - p.sum(axis=1), 0, 1), np.clip(1 - q.sum(axis=1), 1e-12, 1)
     tail = np.where(p_tail > 1e-12, p_tail * (np.log(np.maximum(p_tail, 1e-300)) - np.log(q_tail)), 0.0)
     return np.maximum(head + tail, 0.0)
-
-
-def _agreement(reference: Any, logprobs: np.ndarray) -> np.ndarray:
-    return (reference["indices"][:, 0] == np.argmax(logprobs, axis=1)).astype(np.float64)

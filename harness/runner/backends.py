@@ -29,6 +29,21 @@ def _hold(start_ns: int, slowdown: float) -> None:
         pass
 
 
+def usable_providers(wanted: list[str]) -> list[str]:
+    """The profile's providers this onnxruntime has, in the profile's order (its preference).
+
+    A profile written for a board with a GPU (Jetson: CUDA first, CPU last) still measures on a
+    copy of that board without one; the providers skipped are in the settings the report shows.
+    """
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    usable = [provider for provider in wanted if provider in available]
+    if not usable:
+        raise RuntimeError(f"none of the execution providers {wanted} is available; this onnxruntime has {available}")
+    return usable
+
+
 class OnnxRuntimeBackend:
     """onnxruntime with the graph layout that EdgeGate's exporter writes."""
 
@@ -47,11 +62,8 @@ class OnnxRuntimeBackend:
         if profile_prefix:  # onnxruntime's own per-kernel profile (bench/profile_decode.py)
             options.enable_profiling = True
             options.profile_file_prefix = profile_prefix
-        available = ort.get_available_providers()
-        missing = [p for p in providers if p not in available]
-        if missing:
-            raise RuntimeError(f"execution providers {missing} not available; this onnxruntime has {available}")
-        self.session = ort.InferenceSession(model_path, options, providers=providers)
+        self.skipped_providers = [p for p in providers if p not in ort.get_available_providers()]
+        self.session = ort.InferenceSession(model_path, options, providers=usable_providers(providers))
         self._options = options
         self._past_names = [i.name for i in self.session.get_inputs() if i.name.startswith("past_key_values.")]
         self._present_names = [name.replace("past_key_values.", "present.", 1) for name in self._past_names]
@@ -86,6 +98,7 @@ class OnnxRuntimeBackend:
             "runtime": "onnxruntime",
             "version": ort.__version__,
             "providers": self.session.get_providers(),
+            "providers_skipped": self.skipped_providers,  # named in the profile, absent from this onnxruntime
             "intra_op_num_threads": self._options.intra_op_num_threads,
             "enable_cpu_mem_arena": self._options.enable_cpu_mem_arena,
             "graph_optimization_level": str(self._options.graph_optimization_level),

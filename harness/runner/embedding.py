@@ -57,7 +57,8 @@ def latency(backend: EncoderBackend, job: dict[str, Any], sensor: Any = None) ->
         summary = sampler.summary(sampler.elapsed_s, len(run_ms))
         how = f"while embedding; {summary['method']}, {len(summary['samples'])} samples"
         yield metric("power_w", summary["avg_w"], "W", [w for _, w in summary["samples"]] or None, note=how, **region)
-        yield metric("power_peak_w", summary["peak_w"], "W", note="while embedding", **region)
+        yield metric("power_peak_w", summary["peak_w"], "W", note="while embedding" if summary["peak_w"] is not None
+                     else f"while embedding; unavailable: {summary['peak_error']}", **region)
 
 
 def _latency_region(backend: EncoderBackend, input_ids: np.ndarray, mask: np.ndarray, rule: StopRule,

@@ -79,9 +79,11 @@ def prefill(backend: CausalLMBackend, job: dict[str, Any], sensor: Any = None) -
     yield metric("prefill_tok_s", prompt.shape[1] / (median_ms / 1e3), "tok/s", **region)
     yield contention_metric("prefill_contention", measured)
     if sensor is not None:
-        watts = sampler.summary(sampler.elapsed_s, len(run_ms))["avg_w"]
+        summary = sampler.summary(sampler.elapsed_s, len(run_ms))
+        watts = summary["avg_w"]
         yield metric("energy_per_prefill_j", watts * float(np.mean(run_ms)) / 1e3 if watts is not None else None, "J",
-                     note="average prefill power x mean prefill time (one inference over the prompt)", **region)
+                     note=f"average prefill power x mean prefill time (one inference over the prompt); {summary['method']}",
+                     **region)
 
 
 def _prefill_region(backend: CausalLMBackend, prompt: np.ndarray, rule: StopRule,
@@ -218,9 +220,11 @@ def power_metrics(summary: dict[str, Any], step_s: float) -> Iterator[Event]:
     watts = [w for _, w in summary["samples"]]
     how = f"{summary['method']}, {len(watts)} samples"
     yield metric("power_w", summary["avg_w"], "W", watts or None, note=how)
-    yield metric("power_peak_w", summary["peak_w"], "W")
+    yield metric("power_peak_w", summary["peak_w"], "W",
+                 note=summary["method"] if summary["peak_w"] is not None else f"unavailable: {summary['peak_error']}")
     per_token = summary["avg_w"] * step_s if summary["avg_w"] is not None else None
-    yield metric("energy_per_token_j", per_token, "J", note="average decode power x mean decode step time")
+    yield metric("energy_per_token_j", per_token, "J",
+                 note=f"average decode power x mean decode step time; {summary['method']}")
 
 
 def _decode_round(backend: CausalLMBackend, prompt: np.ndarray, tokens: int) -> list[float]:

@@ -21,9 +21,13 @@ from typing import Any, Protocol
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 _SKIPPED_LABELS = {"sum of shunt voltages", "nc"}
 _TOTAL_RAILS = ("VDD_IN", "POM_5V_IN")
+COVERAGE = 0.9  # the share of a timed region that power samples must span for an energy from them
 
 
 class PowerSensor(Protocol):
+    """What the sampler reads. Sensors may also have ``error`` (why the last read gave nothing) and
+    ``describe()`` (what the figure measures); the sampler reads both with getattr, so they are optional."""
+
     name: str
 
     def read_watts(self) -> float | None: ...
@@ -40,6 +44,11 @@ class _Sensor:
     """Defaults: a sensor that has no energy counter, no per-rail readings (subclasses override)."""
 
     name = "sensor"
+    error: str | None = None  # why the last read gave nothing; None when it gave a figure
+
+    def describe(self) -> str:
+        """What the figure measures, for the metric's note."""
+        return self.name
 
     def read_watts(self) -> float | None:
         return None
@@ -60,11 +69,26 @@ def _read(path: str) -> str:
         return handle.read().strip()
 
 
-def _total(rails: dict[str, float]) -> float | None:
+def _chosen_rails(rails: dict[str, float]) -> tuple[tuple[str, ...], str]:
+    """The board's input rail where it has one; else every rail, saying it is not the board's total."""
     for name in _TOTAL_RAILS:
         if name in rails:
-            return rails[name]
-    return sum(rails.values()) if rails else None
+            return (name,), f"INA3221 rail {name} (the board's input, its total power)"
+    if not rails:
+        return (), "no readable INA3221 rail"
+    return tuple(rails), (f"INA3221 sum of rails {' + '.join(rails)}: this board has no input rail "
+                          f"({' or '.join(_TOTAL_RAILS)}), so this is not its total power")
+
+
+def _total(rails: dict[str, float], summed: tuple[str, ...]) -> tuple[float | None, str | None]:
+    """The watts of the rails chosen at open, or None and why: a rail missing from one read must not
+    silently turn the board's input into a sum of sub-rails, nor drop a term from the sum."""
+    missing = [name for name in summed if name not in rails]
+    if missing:
+        return None, f"INA3221 rail {', '.join(missing)} unreadable"
+    if not summed:
+        return None, "no readable INA3221 rail"
+    return sum(rails[name] for name in summed), None
 
 
 class Ina3221(_Sensor):
@@ -76,6 +100,11 @@ class Ina3221(_Sensor):
         base = _path(root, "sys/bus/i2c/drivers")
         self.iio_dirs = sorted(glob.glob(os.path.join(base, "ina3221x", "*", "iio:device*")))
         self.hwmon_dirs = sorted(glob.glob(os.path.join(base, "ina3221", "*", "hwmon", "hwmon*")))
+        self.summed, self.source = _chosen_rails(self.rails())
+
+    def describe(self) -> str:
+        """Which rails the figure is, chosen when the sensor was opened."""
+        return self.source
 
     def rails(self) -> dict[str, float]:
         """Watts per rail; a label seen on an earlier chip gets the chip's bus address appended."""
@@ -88,7 +117,8 @@ class Ina3221(_Sensor):
         return rails
 
     def read_watts(self) -> float | None:
-        return _total(self.rails())
+        watts, self.error = _total(self.rails(), self.summed)
+        return watts
 
 
 def _iio_rails(directory: str) -> Iterator[tuple[str, float]]:
@@ -118,6 +148,15 @@ def _hwmon_rails(directory: str) -> Iterator[tuple[str, float]]:
         yield label, millivolts * milliamps / 1e6
 
 
+def _open_ina3221(root: str) -> Ina3221 | Unavailable:
+    sensor = Ina3221(root)
+    if not sensor.summed:
+        return Unavailable("no readable INA3221 rail under /sys/bus/i2c/drivers/ina3221x or ina3221 (not a Jetson?)")
+    if sensor.read_watts() is None:
+        return Unavailable(f"{sensor.error} right after it was found")
+    return sensor
+
+
 class Rapl(_Sensor):
     """Intel RAPL package domains (top-level ``intel-rapl:N``), cumulative energy with wraparound."""
 
@@ -128,6 +167,10 @@ class Rapl(_Sensor):
         self._last: dict[str, int] = {}
         self._range = {d: int(_read(os.path.join(d, "max_energy_range_uj"))) for d in domains}
         self._total_uj = 0
+
+    def describe(self) -> str:
+        names = ", ".join(_domain_name(d) or os.path.basename(d) for d in self.domains)
+        return f"RAPL energy counter of {names} (the CPU package, not the whole machine)"
 
     def read_energy_j(self) -> float | None:
         for domain in self.domains:
@@ -166,8 +209,12 @@ class Nvml(_Sensor):
 
     def __init__(self, pynvml: Any, index: int) -> None:
         self.nvml = pynvml
+        self.index = index
         self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
         self.has_energy = self._energy_mj() is not None
+
+    def describe(self) -> str:
+        return f"NVML board power of GPU {self.index} (the GPU board only)"
 
     def _energy_mj(self) -> float | None:
         try:
@@ -181,9 +228,12 @@ class Nvml(_Sensor):
 
     def read_watts(self) -> float | None:
         try:
-            return self.nvml.nvmlDeviceGetPowerUsage(self.handle) / 1e3
-        except self.nvml.NVMLError:
+            watts = self.nvml.nvmlDeviceGetPowerUsage(self.handle) / 1e3
+        except self.nvml.NVMLError as exc:
+            self.error = f"NVML power reading of GPU {self.index} failed: {exc}"
             return None
+        self.error = None
+        return watts
 
 
 def _open_nvml(index: int) -> Nvml | Unavailable:
@@ -208,6 +258,9 @@ class CommandMeter(_Sensor):
         self.timeout_s = timeout_s
         self.error: str | None = None
 
+    def describe(self) -> str:
+        return f"external meter {shlex.join(self.argv)}"
+
     def read_watts(self) -> float | None:
         try:
             done = subprocess.run(self.argv, capture_output=True, text=True, timeout=self.timeout_s, check=False)
@@ -231,10 +284,7 @@ def open_sensor(settings: dict[str, Any]) -> PowerSensor | Unavailable:
     if kind == "none":
         return Unavailable("no sensor (the device profile names none)")
     if kind == "ina3221":
-        sensor = Ina3221(root)
-        if sensor.read_watts() is None:
-            return Unavailable("no readable INA3221 rail under /sys/bus/i2c/drivers/ina3221x or ina3221 (not a Jetson?)")
-        return sensor
+        return _open_ina3221(root)
     if kind == "rapl":
         return _open_rapl(root)
     if kind == "nvml":
@@ -247,7 +297,11 @@ def open_sensor(settings: dict[str, Any]) -> PowerSensor | Unavailable:
 
 
 class PowerSampler:
-    """Samples a sensor in a daemon thread every ``interval_s`` during a timed region (``with`` block)."""
+    """Samples a sensor in a daemon thread every ``interval_s`` during a timed region (``with`` block).
+
+    A read that fails is counted with its reason, never dropped: a figure that could not be had says
+    why (``summary()["error"]``), and one made despite failed reads says how many failed.
+    """
 
     def __init__(self, sensor: PowerSensor, interval_s: float = 0.05) -> None:
         self.sensor = sensor
@@ -259,10 +313,13 @@ class PowerSampler:
         self._previous: tuple[float, float] | None = None
         self._start = 0.0
         self.elapsed_s = 0.0
+        self.attempts = 0  # samples tried
+        self.failed_reads = 0
+        self.last_failure: str | None = None
 
     def __enter__(self) -> PowerSampler:
         self._start = time.perf_counter()
-        self._energy[0] = self._safe(self.sensor.read_energy_j)
+        self._energy[0] = self._read(self.sensor.read_energy_j)
         self._sample()
         self._thread.start()
         return self
@@ -273,7 +330,7 @@ class PowerSampler:
         self._thread.join()
         # Stamped when read, not at elapsed_s: a counter read late over a stamp taken early inflates watts.
         self._sample()
-        self._energy[1] = self._safe(self.sensor.read_energy_j)
+        self._energy[1] = self._read(self.sensor.read_energy_j)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -281,7 +338,8 @@ class PowerSampler:
 
     def _sample(self) -> None:
         now = time.perf_counter() - self._start
-        watts = self._safe(self.sensor.read_watts)
+        self.attempts += 1
+        watts = self._read(self.sensor.read_watts, sensor_error=True)
         if watts is None:
             watts = self._watts_from_energy(now)
         if watts is not None:
@@ -289,32 +347,94 @@ class PowerSampler:
 
     def _watts_from_energy(self, now: float) -> float | None:
         """Energy-only sensors (RAPL): the power over the last interval, from the counter."""
-        energy = self._safe(self.sensor.read_energy_j)
+        energy = self._read(self.sensor.read_energy_j)
         previous, self._previous = self._previous, (now, energy) if energy is not None else None
         if energy is None or previous is None or now <= previous[0]:
             return None
         return (energy - previous[1]) / (now - previous[0])
 
-    @staticmethod
-    def _safe(read: Any) -> float | None:
+    def _read(self, read: Any, sensor_error: bool = False) -> float | None:
+        """One read; a glitch must not stop the timed run, but its reason is kept. A None is a failure
+        only where the sensor says why (``error``): a sensor without an energy counter reads None there."""
         try:
-            return read()
-        except Exception:  # noqa: BLE001 - a sensor glitch must not stop the timed run
-            return None
+            value = read()
+        except Exception as exc:  # noqa: BLE001 - counted and reported in the summary instead
+            return self._fail(f"{type(exc).__name__}: {exc}")
+        reason = getattr(self.sensor, "error", None) if value is None and sensor_error else None
+        return self._fail(str(reason)) if reason else value
+
+    def _fail(self, reason: str) -> None:
+        self.failed_reads += 1
+        self.last_failure = reason[:300]
+        return None
+
+    def _failure_text(self) -> str:
+        return f"{self.failed_reads} failed read(s) in {self.attempts} sample(s), the last: {self.last_failure}"
 
     def summary(self, elapsed_s: float, units: int) -> dict[str, Any]:
+        """The region's figures; ``error``/``peak_error`` say why a figure is None, ``method`` says how
+        each was had ("unavailable: <why>" when there is none), ready for the metric's note."""
         start, end = self._energy
         counter = start is not None and end is not None
-        energy = (end - start) if counter else _trapezoid(self.samples)
+        energy = (end - start) if counter else self._sampled_energy(elapsed_s)
+        average = energy / elapsed_s if energy is not None and elapsed_s > 0 else None
+        error = None if average is not None else self._why_none(elapsed_s)
         watts = [w for _, w in self.samples]
         return {
-            "avg_w": energy / elapsed_s if energy is not None and elapsed_s > 0 else None,
+            "avg_w": average,
             "peak_w": max(watts) if watts else None,
             "energy_j": energy,
             "j_per_unit": energy / units if energy is not None and units else None,
             "samples": self.samples,
-            "method": "energy counter" if counter else "power samples",
+            "method": f"unavailable: {error}" if error else self._method(counter),
+            "error": error,
+            "peak_error": None if watts else self._why_no_sample(),
+            "source": _description(self.sensor),
+            "failed_reads": self.failed_reads,
         }
+
+    def _span(self) -> float:
+        return self.samples[-1][0] - self.samples[0][0] if self.samples else 0.0
+
+    def _sampled_energy(self, elapsed_s: float) -> float | None:
+        """The samples' integral, only where they span the region: samples lost at one end (a meter
+        that failed) would integrate a part of it, and that energy over the whole region is too low."""
+        if self._span() < COVERAGE * elapsed_s:
+            return None
+        return _trapezoid(self.samples)
+
+    def _method(self, counter: bool) -> str:
+        how = "energy counter" if counter else "power samples"
+        source = _description(self.sensor)
+        how = f"{how} from {source}" if source else how
+        return f"{how}; {self._failure_text()}" if self.failed_reads else how
+
+    def _why_none(self, elapsed_s: float) -> str:
+        if len(self.samples) > 1 and self._span() < COVERAGE * elapsed_s:
+            failed = f"; the sensor failed: {self._failure_text()}" if self.failed_reads else ""
+            return f"the power samples cover only {self._span():.3f} s of the {elapsed_s:.3f} s region{failed}"
+        if self.failed_reads:
+            return f"the sensor failed: {self._failure_text()}"
+        if elapsed_s <= 0:
+            return "the timed region took no measurable time"
+        if not self.samples:
+            return "the sensor gave no power reading and has no energy counter"
+        return (f"only {len(self.samples)} power sample in {elapsed_s:.3f} s and no energy counter: "
+                "at least 2 are needed to integrate the energy")
+
+    def _why_no_sample(self) -> str:
+        if self.failed_reads:
+            return f"the sensor failed: {self._failure_text()}"
+        return "the sensor gave no power reading"
+
+
+def _description(sensor: PowerSensor) -> str | None:
+    """The sensor's own words for what it measures, where it has them."""
+    describe = getattr(sensor, "describe", None)
+    try:
+        return str(describe()) if callable(describe) else None
+    except Exception:  # noqa: BLE001 - a description is not worth failing a measurement
+        return None
 
 
 def _trapezoid(samples: list[list[float]]) -> float | None:
@@ -323,8 +443,13 @@ def _trapezoid(samples: list[list[float]]) -> float | None:
     return sum((t1 - t0) * (w0 + w1) / 2 for (t0, w0), (t1, w1) in zip(samples, samples[1:]))
 
 
-def idle_baseline(sensor: PowerSensor, seconds: float = 1.0) -> float | None:
-    """Average watts while nothing is running, over ``seconds``."""
+def idle_summary(sensor: PowerSensor, seconds: float = 1.0) -> dict[str, Any]:
+    """The sampler's summary while nothing is running, over ``seconds``: its method says why when there is no figure."""
     with PowerSampler(sensor) as sampler:
         time.sleep(seconds)
-    return sampler.summary(sampler.elapsed_s, 1)["avg_w"]
+    return sampler.summary(sampler.elapsed_s, 1)
+
+
+def idle_baseline(sensor: PowerSensor, seconds: float = 1.0) -> float | None:
+    """Average watts while nothing is running, over ``seconds`` (``idle_summary`` says why it is None)."""
+    return idle_summary(sensor, seconds)["avg_w"]
