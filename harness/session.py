@@ -294,7 +294,7 @@ class RunSession:
     def _bandwidth(self, suite: Suite, device: DeviceProfile, variant: VariantSpec,
                    result: VariantResult) -> tuple[float | None, str]:
         if device.memory_bandwidth_gbs:
-            return device.memory_bandwidth_gbs, "device profile"
+            return device.memory_bandwidth_gbs, "the profile's memory_bandwidth_gbs, a spec-sheet figure"
         source = result if variant.name == suite.reference else self._reference(suite, device)
         measured = source.metrics.get("memory_bandwidth_gbs") if source else None
         return (measured.value, "measured on the device") if measured and measured.value else (None, "")
@@ -402,6 +402,9 @@ class RunSession:
             result.errors.append(f"{event.get('measurement')}: {event.get('message')}")
         elif kind == "settings":
             result.settings.update(event.get("settings", {}))
+        elif kind == "retry":
+            self.log(f"{result.variant} on {result.device}: timed region disturbed ({'; '.join(event.get('why') or [])}); "
+                     f"measuring it again in {event.get('wait_s', 0):g} s (attempt {event.get('attempt')})")
         elif kind == "thermal":
             result.settings["thermal"] = {k: event.get(k) for k in ("before", "after", "during_max", "warnings")}
         elif kind == "done" and event.get("failures") and not result.errors:

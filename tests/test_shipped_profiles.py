@@ -49,7 +49,8 @@ def edited(board: str, device, python: str, profiles: Path) -> str:
     for line in (SHIPPED / f"{board}.yaml").read_text().splitlines():
         field = line.strip().split(":")[0]
         indent = line[: len(line) - len(line.lstrip())]
-        lines += _connection(board, field, indent, device, python, profiles) or [line]
+        replaced = _connection(board, field, indent, device, python, profiles)
+        lines += [line] if replaced is None else replaced
     return "\n".join(lines) + "\n"
 
 
@@ -92,11 +93,11 @@ def test_each_shipped_profile_runs_both_kinds_of_suite_to_a_verdict(
     assert "cannot be checked" not in output and "Traceback" not in output, output[-3000:]
     result.assert_outcomes(passed=3 * 7)
     result.stdout.fnmatch_lines([
-        "*thresholds.decode_ms: suite tiny-encoder (sentence_embedding) does not measure decode_ms*",
         "*warning: the profile asks for threads: 4, but the device has * CPUs*",
-        "*warning: execution providers ['CUDAExecutionProvider'] are not in this onnxruntime*"])
+        "*warning: execution providers ?'CUDAExecutionProvider'? are not in this onnxruntime*",  # ? for [ and ]
+        "*jetson-nano.yaml: thresholds.decode_ms: suite tiny-encoder (sentence_embedding) does not measure*"])
     with sqlite3.connect(root / "reports" / "history.sqlite") as db:
         verdicts = db.execute("SELECT device, verdict FROM verdicts").fetchall()
         power = db.execute("SELECT device, note FROM results WHERE metric = 'power_w'").fetchall()
     assert sorted(set(verdicts)) == [(board, "ship") for board in BOARDS]
-    assert power and all(note.startswith("unavailable") for _, note in power), power  # no rail, no meter here
+    assert power and all("unavailable" in note for _, note in power), sorted(set(power))  # no rail, no meter here

@@ -12,16 +12,11 @@ from typing import Any
 
 from . import accuracy, embedding, measure, sensors, thermal
 from .backends import BACKENDS
-from .events import metric
+from .events import emit, metric
 
 PROTOCOL = 1
 POWER_METRICS = (("power_w", "W"), ("power_peak_w", "W"), ("power_idle_w", "W"),
                  ("energy_per_token_j", "J"), ("energy_per_prefill_j", "J"))
-
-
-def emit(event: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(event) + "\n")
-    sys.stdout.flush()
 
 
 def run_job(job: dict[str, Any]) -> int:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from . import thermal
+from .events import emit
 
 T = TypeVar("T")
 
@@ -102,13 +103,17 @@ class Measured(Generic[T]):
 
 
 def until_clean(region: Callable[[], T], limits: Limits, sysfs_root: str = "/",
-                sleep: Callable[[float], None] = time.sleep) -> Measured[T]:
+                sleep: Callable[[float], None] = time.sleep,
+                notify: Callable[[dict[str, Any]], None] = emit) -> Measured[T]:
     """Run ``region`` under a monitor; while it was disturbed, wait (doubling the wait) and run it
-    again, at most ``limits.retries`` more times. The last attempt is kept."""
+    again, at most ``limits.retries`` more times. The last attempt is kept. Each retry is announced
+    (``notify``) before the wait, so the host hears from the runner while it backs off."""
     attempts: list[list[str]] = []
     for attempt in range(limits.retries + 1):
         if attempt:
-            sleep(limits.backoff_s * 2 ** (attempt - 1))
+            wait_s = limits.backoff_s * 2 ** (attempt - 1)
+            notify({"event": "retry", "attempt": attempt + 1, "wait_s": wait_s, "why": attempts[-1]})
+            sleep(wait_s)
         with RegionMonitor(sysfs_root) as monitor:
             value = region()
         attempts.append(monitor.reasons(limits))
@@ -137,5 +142,6 @@ def _steal(times: Any) -> float:
 
 
 def _own(process: Any) -> float:
+    """This process's CPU time, with that of the children it waited for (a power meter command)."""
     times = process.cpu_times()
-    return times.user + times.system
+    return times.user + times.system + getattr(times, "children_user", 0.0) + getattr(times, "children_system", 0.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from typing import Any
 
 Event = dict[str, Any]
@@ -12,3 +14,9 @@ def metric(name: str, value: float | None, unit: str, samples: list[float] | Non
     """``extra``: ``disturbed`` (why the timed region was disturbed, or None), ``attempts`` (how
     often it was measured), ``unit_size`` (samples per independent unit, e.g. a decode round)."""
     return {"event": "metric", "name": name, "value": value, "unit": unit, "samples": samples, "note": note, **extra}
+
+
+def emit(event: Event) -> None:
+    """One event to the host: a JSON line on stdout, flushed at once."""
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
