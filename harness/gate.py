@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import Fields
@@ -25,6 +25,25 @@ class Threshold:
         symbol = "<=" if self.kind.startswith("max") else ">="
         suffix = " x reference" if self.kind.endswith("ratio") else ""
         return f"{self.metric} {symbol} {self.limit:g}{suffix}"
+
+
+@dataclass(frozen=True)
+class Intervals:
+    """95% intervals of the measured values (``absolute``) and of their ratios to the reference
+    measured on the same units (``ratio``). A ratio limit is judged against the ratio's interval:
+    the text's own difficulty, shared by a variant and its reference, widens either alone."""
+
+    absolute: dict[str, tuple[float, float]] = field(default_factory=dict)
+    ratio: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def around(self, rule: Threshold, reference: dict[str, float | None] | None) -> tuple[float, float] | None:
+        """The interval to set against ``rule``'s limit, in the metric's own unit; None if unknown."""
+        if not rule.kind.endswith("ratio"):
+            return self.absolute.get(rule.metric)
+        ratio, ref_value = self.ratio.get(rule.metric), (reference or {}).get(rule.metric)
+        if ratio is None or ref_value is None or math.isnan(ref_value):
+            return None
+        return ratio[0] * ref_value, ratio[1] * ref_value
 
 
 @dataclass(frozen=True)
@@ -64,7 +83,7 @@ def check(
     values: dict[str, float | None],
     reference: dict[str, float | None] | None,
     notes: dict[str, str] | None = None,
-    intervals: dict[str, tuple[float, float]] | None = None,
+    intervals: Intervals | None = None,
 ) -> list[Breach]:
     """Every threshold that ``values`` break, in metric order. Unknowable counts as broken. A
     breach of a metric with a 95% interval gives it, and says when the interval straddles the limit."""
@@ -72,7 +91,7 @@ def check(
     for metric, rules in thresholds.items():
         for rule in rules:
             breach = _check_one(rule, values.get(metric), reference, (notes or {}).get(metric),
-                                (intervals or {}).get(metric))
+                                (intervals or Intervals()).around(rule, reference))
             if breach is not None:
                 breaches.append(breach)
     return breaches
@@ -132,14 +151,14 @@ def limits(thresholds: dict[str, tuple[Threshold, ...]], reference: dict[str, fl
     return shown
 
 
-def straddling(thresholds: dict[str, tuple[Threshold, ...]], intervals: dict[str, tuple[float, float]],
+def straddling(thresholds: dict[str, tuple[Threshold, ...]], intervals: Intervals,
                reference: dict[str, float | None] | None) -> dict[str, str]:
     """Metrics whose 95% interval contains one of their limits: the verdict on them is within noise."""
     found: dict[str, str] = {}
-    for metric, interval in intervals.items():
-        for rule in thresholds.get(metric, ()):
-            limit = _resolved(rule, reference)
-            if limit is not None and interval[0] <= limit <= interval[1]:
+    for metric, rules in thresholds.items():
+        for rule in rules:
+            limit, interval = _resolved(rule, reference), intervals.around(rule, reference)
+            if limit is not None and interval is not None and interval[0] <= limit <= interval[1]:
                 found[metric] = f"95% interval {interval[0]:.4g}-{interval[1]:.4g} straddles the limit {limit:.4g}"
     return found
 

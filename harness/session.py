@@ -45,6 +45,7 @@ class MetricResult:
     attempts: int = 1  # how often the runner measured the region
     unit_size: int = 1  # consecutive samples that form one independent unit (a decode round)
     interval: tuple[float, float] | None = None  # 95% interval of a one-number metric (accuracy: bootstrap)
+    ratio_interval: tuple[float, float] | None = None  # 95% interval of its ratio to the reference (paired)
 
 
 @dataclass
@@ -66,6 +67,10 @@ class VariantResult:
     def intervals(self) -> dict[str, tuple[float, float]]:
         """Metric -> its 95% interval, where one was measured."""
         return {name: m.interval for name, m in self.metrics.items() if m.interval}
+
+    def ratio_intervals(self) -> dict[str, tuple[float, float]]:
+        """Metric -> the 95% interval of its ratio to the reference, measured on the same units."""
+        return {name: m.ratio_interval for name, m in self.metrics.items() if m.ratio_interval}
 
     def disturbed(self) -> dict[str, str]:
         """Metric -> why its timed region stayed disturbed."""
@@ -130,9 +135,10 @@ class RunSession:
         else:
             reference_result = self._reference(suite, device)
             reference = reference_result.values() if reference_result else {}
-        breaches = gate.check(thresholds, result.values(), reference, result.notes(), result.intervals())
+        intervals = gate.Intervals(result.intervals(), result.ratio_intervals())
+        breaches = gate.check(thresholds, result.values(), reference, result.notes(), intervals)
         self.limits[(suite.name, device.name, variant.name)] = gate.limits(thresholds, reference)
-        self.straddles[(suite.name, device.name, variant.name)] = gate.straddling(thresholds, result.intervals(), reference)
+        self.straddles[(suite.name, device.name, variant.name)] = gate.straddling(thresholds, intervals, reference)
         judged = set(thresholds)
         breaches += self._regressions(suite, device, variant, result, judged)
         expected = variant.expected_blocked(device.name)
@@ -414,6 +420,7 @@ class RunSession:
         summary = metric.summary.as_dict() if metric.summary else {}
         if metric.interval and not summary:
             summary = {"ci_low": metric.interval[0], "ci_high": metric.interval[1]}
+
         return {
             "run_id": self.run_id, "time": _now(), "git_commit": self.git_commit, "suite": result.suite,
             "device": result.device, "variant": result.variant, "metric": metric.name, "value": metric.value,
@@ -422,8 +429,8 @@ class RunSession:
         }
 
 
-def _interval(event: dict[str, Any]) -> tuple[float, float] | None:
-    low, high = event.get("ci_low"), event.get("ci_high")
+def _interval(event: dict[str, Any], prefix: str = "ci_") -> tuple[float, float] | None:
+    low, high = event.get(f"{prefix}low"), event.get(f"{prefix}high")
     return (float(low), float(high)) if low is not None and high is not None else None
 
 
@@ -444,11 +451,17 @@ def _metric(event: dict[str, Any]) -> MetricResult:
     if summary is not None and value is None:
         value = summary.p50
     region = {"disturbed": event.get("disturbed") or None, "attempts": int(event.get("attempts") or 1),
-              "unit_size": int(event.get("unit_size") or 1), "interval": _interval(event)}
+              "unit_size": int(event.get("unit_size") or 1), "interval": _interval(event),
+              "ratio_interval": _interval(event, "ratio_ci_")}
     if value is not None and not math.isfinite(float(value)):
         return MetricResult(event["name"], None, event.get("unit", ""), samples, f"not a finite number: {value}",
                             **region)
-    return MetricResult(event["name"], value, event.get("unit", ""), samples, event.get("note"), summary, **region)
+    note = event.get("note")
+    if region["ratio_interval"]:  # kept in the note: the results table has no column for it
+        low, high = region["ratio_interval"]
+        note = "; ".join(part for part in (note, f"ratio to the reference {event.get('ratio', 0):.4g}, 95% interval "
+                                                 f"{low:.4g}-{high:.4g} (same windows on both sides)") if part)
+    return MetricResult(event["name"], value, event.get("unit", ""), samples, note, summary, **region)
 
 
 def decoder_backend(artifact: Artifact) -> str:

@@ -49,3 +49,20 @@ def test_limits_resolve_ratios_against_the_reference() -> None:
     thresholds = rules(perplexity=("max_ratio", 1.10), top1_agreement=("min", 0.8))
     assert gate.limits(thresholds, {"perplexity": 18.45}) == {"perplexity": "<= 20.3", "top1_agreement": ">= 0.8"}
     assert gate.limits(thresholds, None) == {"top1_agreement": ">= 0.8"}
+
+
+def test_a_breach_gives_its_interval_and_says_when_it_straddles_the_limit() -> None:
+    from edgegate.gate import Intervals, straddling
+
+    rules = {"top1_agreement": (Threshold("top1_agreement", "min", 0.80),),
+             "perplexity": (Threshold("perplexity", "max_ratio", 1.10),)}
+    near = Intervals({"top1_agreement": (0.776, 0.803), "perplexity": (15.0, 23.0)}, {"perplexity": (1.11, 1.13)})
+    values, reference = {"top1_agreement": 0.79, "perplexity": 20.1}, {"perplexity": 18.0}
+    messages = [b.reason for b in gate.check(rules, values, reference, intervals=near)]
+    assert messages == [
+        "top1_agreement = 0.79 (95% interval 0.776-0.803, straddles the limit: within noise of it) < limit 0.8",
+        "perplexity = 20.1 (95% interval 19.98-20.34) > limit 19.8 (1.1 x reference 18)"]
+    # the ratio's interval decides a ratio limit: the absolute one (15-23) holds the text's own difficulty
+    assert straddling(rules, near, reference) == {
+        "top1_agreement": "95% interval 0.776-0.803 straddles the limit 0.8"}
+    assert straddling(rules, Intervals({"perplexity": (15.0, 23.0)}), reference) == {}

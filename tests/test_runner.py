@@ -122,3 +122,10 @@ def test_accuracy_intervals_cover_the_value_and_name_their_unit(tiny_artifacts: 
         assert event["ci_low"] <= event["value"] <= event["ci_high"], (name, event)
         assert event["ci_unit"] == "bootstrap over 4 windows of 31 predictions"
     assert int4["perplexity"]["ci_low"] < int4["perplexity"]["ci_high"]
+    ratio = int4["perplexity"]
+    assert ratio["ratio_ci_low"] <= ratio["ratio"] <= ratio["ratio_ci_high"]
+    reference = metrics(run(job_for(tiny_artifacts["fp32"].model, windows), tmp_path))["perplexity"]["value"]
+    assert ratio["ratio"] == pytest.approx(ratio["value"] / reference, rel=1e-4)
+    # paired windows: the ratio's interval is narrower than the variant's own interval, relatively
+    assert (ratio["ratio_ci_high"] - ratio["ratio_ci_low"]) / ratio["ratio"] < \
+        (ratio["ci_high"] - ratio["ci_low"]) / ratio["value"]

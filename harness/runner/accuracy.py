@@ -45,10 +45,11 @@ def accuracy(backend: CausalLMBackend, job: dict[str, Any]) -> Iterator[Event]:
             agree.append((part["indices"][:, 0] == np.argmax(logprobs, axis=1)).astype(np.float64))
     unit = f"bootstrap over {len(nll)} windows of {len(nll[0])} predictions"
     cost = f"{sum(map(len, nll))} predictions in {time.perf_counter() - started:.1f} s"
-    yield _metric("perplexity", _per_window(nll, lambda parts: float(np.exp(np.concatenate(parts).mean()))), "",
-                  unit, cost)
+    event = _metric("perplexity", _per_window(nll, lambda parts: float(np.exp(np.concatenate(parts).mean()))), "",
+                    unit, cost)
+    yield {**event, **(_ratio_interval(nll, reference) if reference is not None else {})}
     if saved:
-        save_top_k(job["save_logprobs"], saved)
+        save_top_k(job["save_logprobs"], saved, np.concatenate(nll))
     if problem is not None:
         raise problem
     if reference is None:
@@ -57,6 +58,27 @@ def accuracy(backend: CausalLMBackend, job: dict[str, Any]) -> Iterator[Event]:
     yield _metric("kl_mean", _per_window(kl, lambda parts: float(np.concatenate(parts).mean())), "nats", unit, tail)
     yield _metric("kl_max", _per_window(kl, lambda parts: float(np.concatenate(parts).max())), "nats", unit, tail)
     yield _metric("top1_agreement", _per_window(agree, lambda parts: float(np.concatenate(parts).mean())), "", unit)
+
+
+def _ratio_interval(nll: list[np.ndarray], reference: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Perplexity over the reference's, with its interval from the same resampled windows on both
+    sides: the windows' own difficulty, shared by both, cancels (it does not in either interval alone)."""
+    if "nll" not in reference:
+        return {}
+    theirs = _split(reference["nll"].astype(np.float64), nll)
+
+    def ratio(picked: Any) -> float:
+        return float(np.exp(np.concatenate([nll[i] for i in picked]).mean()
+                            - np.concatenate([theirs[i] for i in picked]).mean()))
+
+    interval = intervals.bootstrap(len(nll), ratio)
+    if interval is None:
+        return {}
+    return {"ratio": ratio(range(len(nll))), "ratio_ci_low": interval[0], "ratio_ci_high": interval[1]}
+
+
+def _split(values: np.ndarray, like: list[np.ndarray]) -> list[np.ndarray]:
+    return np.split(values, np.cumsum([len(part) for part in like])[:-1])
 
 
 def _reference(job: dict[str, Any]) -> dict[str, np.ndarray] | None:
@@ -71,7 +93,7 @@ def _reference(job: dict[str, Any]) -> dict[str, np.ndarray] | None:
 
 
 def _slice(reference: dict[str, np.ndarray], start: int, count: int) -> dict[str, np.ndarray]:
-    return {name: values[start:start + count] for name, values in reference.items()}
+    return {name: reference[name][start:start + count] for name in ("indices", "logprobs")}
 
 
 def _per_window(parts: list[np.ndarray], statistic: Any) -> tuple[float, tuple[float, float] | None]:
@@ -107,12 +129,13 @@ def top_k(logprobs: np.ndarray, k: int = TOP_K) -> tuple[np.ndarray, np.ndarray]
     return np.take_along_axis(top, order, axis=1).astype(np.int32), np.take_along_axis(picked, order, axis=1)
 
 
-def save_top_k(path: str, windows: list[tuple[np.ndarray, np.ndarray]]) -> None:
-    """Every window's top tokens in one ``.npz``, written atomically."""
+def save_top_k(path: str, windows: list[tuple[np.ndarray, np.ndarray]], nll: np.ndarray) -> None:
+    """Every window's top tokens, and each position's negative log-likelihood of its target (for
+    the perplexity ratio's interval), in one ``.npz``, written atomically."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     temporary = f"{path}.tmp-{os.getpid()}.npz"
     np.savez(temporary, indices=np.concatenate([i for i, _ in windows]),
-             logprobs=np.concatenate([v for _, v in windows]).astype(np.float32))
+             logprobs=np.concatenate([v for _, v in windows]).astype(np.float32), nll=nll.astype(np.float32))
     os.replace(temporary, path)
 
 
