@@ -142,7 +142,9 @@ class RunSession:
         judged = set(thresholds)
         breaches += self._regressions(suite, device, variant, result, judged)
         expected = variant.expected_blocked(device.name)
-        excluded = result.excluded + (["regressed against its baseline"] if expected and _regressed(breaches) else [])
+        judged_regressions = [b for b in breaches if b.threshold.metric not in result.disturbed()]
+        excluded = result.excluded + (["regressed against its baseline"] if expected and _regressed(judged_regressions)
+                                      else [])
         verdict = decide(breaches, judged, result.disturbed(), result.values(), excluded)
         outcome = "error" if result.errors else verdict.outcome
         self.store.append_verdict({
