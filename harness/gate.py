@@ -140,10 +140,7 @@ def limits(thresholds: dict[str, tuple[Threshold, ...]], reference: dict[str, fl
     for metric, rules in thresholds.items():
         parts = []
         for rule in rules:
-            limit: float | None = rule.limit
-            if rule.kind.endswith("ratio"):
-                ref_value = (reference or {}).get(metric)
-                limit = rule.limit * ref_value if ref_value is not None and not math.isnan(ref_value) else None
+            limit = _resolved(rule, reference)
             if limit is not None:
                 parts.append(f"{'<=' if rule.kind.startswith('max') else '>='} {limit:.4g}")
         if parts:

@@ -7,8 +7,6 @@ quantizes each activation tensor with one scale, padding included).
 
 from __future__ import annotations
 
-import contextlib
-import time
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -16,8 +14,7 @@ import numpy as np
 
 from . import disturbance, intervals
 from .events import Event, metric
-from .measure import contention_metric, save_atomically
-from .sensors import PowerSampler
+from .measure import contention_metric, sample_until_stopped, save_atomically
 from .timing import StopRule
 
 PAD_ID = 0  # padded positions are masked out, so the id there only has to exist in the vocabulary
@@ -63,13 +60,7 @@ def latency(backend: EncoderBackend, job: dict[str, Any], sensor: Any = None) ->
 
 def _latency_region(backend: EncoderBackend, input_ids: np.ndarray, mask: np.ndarray, rule: StopRule,
                     sensor: Any) -> tuple[list[float], str, Any]:
-    run_ms: list[float] = []
-    sampler = PowerSampler(sensor) if sensor is not None else contextlib.nullcontext()
-    started = time.monotonic()
-    with sampler:
-        while (why := rule.verdict(run_ms, time.monotonic() - started)) is None:
-            run_ms.append(backend.embed(input_ids, mask)[1] / 1e6)
-    return run_ms, why, sampler
+    return sample_until_stopped(rule, sensor, lambda run_ms: run_ms.append(backend.embed(input_ids, mask)[1] / 1e6))
 
 
 def similarity(backend: EncoderBackend, job: dict[str, Any]) -> Iterator[Event]:

@@ -88,18 +88,30 @@ def prefill(backend: CausalLMBackend, job: dict[str, Any], sensor: Any = None) -
 
 def _prefill_region(backend: CausalLMBackend, prompt: np.ndarray, rule: StopRule,
                     sensor: Any) -> tuple[list[float], list[float], str, Any]:
-    run_ms: list[float] = []
     ttft_ms: list[float] = []
+
+    def step(run_ms: list[float]) -> None:
+        begin = time.perf_counter_ns()
+        logits, _, run_ns = backend.step(prompt, backend.empty_past(), 0)
+        int(np.argmax(logits[0, -1]))
+        ttft_ms.append((time.perf_counter_ns() - begin) / 1e6)
+        run_ms.append(run_ns / 1e6)
+
+    run_ms, why, sampler = sample_until_stopped(rule, sensor, step)
+    return run_ms, ttft_ms, why, sampler
+
+
+def sample_until_stopped(rule: StopRule, sensor: Any,
+                         step: Callable[[list[float]], None]) -> tuple[list[float], str, Any]:
+    """Call ``step`` (it appends its samples) until ``rule`` says why to stop, under the power
+    sampler when there is a sensor: one timed region. Returns the samples, why, the sampler."""
+    samples: list[float] = []
     sampler = PowerSampler(sensor) if sensor is not None else contextlib.nullcontext()
     started = time.monotonic()
     with sampler:
-        while (why := rule.verdict(run_ms, time.monotonic() - started)) is None:
-            begin = time.perf_counter_ns()
-            logits, _, run_ns = backend.step(prompt, backend.empty_past(), 0)
-            int(np.argmax(logits[0, -1]))
-            ttft_ms.append((time.perf_counter_ns() - begin) / 1e6)
-            run_ms.append(run_ns / 1e6)
-    return run_ms, ttft_ms, why, sampler
+        while (why := rule.verdict(samples, time.monotonic() - started)) is None:
+            step(samples)
+    return samples, why, sampler
 
 
 def decode(backend: CausalLMBackend, job: dict[str, Any], sensor: Any = None) -> Iterator[Event]:
@@ -127,13 +139,7 @@ def decode(backend: CausalLMBackend, job: dict[str, Any], sensor: Any = None) ->
 
 def _decode_region(backend: CausalLMBackend, prompt: np.ndarray, tokens: int, rule: StopRule,
                    sensor: Any) -> tuple[list[float], str, Any]:
-    samples: list[float] = []
-    sampler = PowerSampler(sensor) if sensor is not None else contextlib.nullcontext()
-    started = time.monotonic()
-    with sampler:
-        while (why := rule.verdict(samples, time.monotonic() - started)) is None:
-            samples.extend(_decode_round(backend, prompt, tokens))
-    return samples, why, sampler
+    return sample_until_stopped(rule, sensor, lambda samples: samples.extend(_decode_round(backend, prompt, tokens)))
 
 
 def paired_decode(open_candidate: Callable[[], CausalLMBackend], open_baseline: Callable[[str], CausalLMBackend],
