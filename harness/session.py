@@ -467,7 +467,10 @@ def _metric(event: dict[str, Any]) -> MetricResult:
 
 
 def decoder_backend(artifact: Artifact) -> str:
-    """The runner backend for a decoder: graphs with GroupQueryAttention keep their KV cache in place."""
+    """The runner backend for a decoder: the recipe's runtime; onnxruntime graphs with
+    GroupQueryAttention keep their KV cache in place."""
+    if artifact.runtime != "onnxruntime":
+        return artifact.runtime
     fused = artifact.manifest.get("facts", {}).get("fused_ops", {})
     return "onnxruntime_kv_buffer" if fused.get("GroupQueryAttention") else "onnxruntime"
 

@@ -33,8 +33,8 @@ def run_job(job: dict[str, Any]) -> int:
         sensor = None
     else:
         failures += _guarded("idle power", lambda: [_idle_metric(sensor)])
-    backend_type = BACKENDS[job.get("backend", "onnxruntime")]
     try:
+        backend_type = BACKENDS[job.get("backend", "onnxruntime")]
         backend, events = measure.load(lambda: backend_type(job["model"], job["providers"], job["threads"],
                                                             float(job.get("inject_slowdown", 0.0))))
     except Exception as exc:  # noqa: BLE001 - reported to the host, which decides

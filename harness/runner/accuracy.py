@@ -19,6 +19,7 @@ import numpy as np
 
 from . import intervals
 from .backends import CausalLMBackend
+from .backends.base import ScoringBackend
 from .events import Event, metric
 
 TOP_K = 256
@@ -34,7 +35,13 @@ def accuracy(backend: CausalLMBackend, job: dict[str, Any]) -> Iterator[Event]:
         reference, problem = None, exc
     nll, kl, agree, saved = [], [], [], []
     started = time.perf_counter()
+    no_logits = getattr(backend, "NO_LOGITS", None)
+    if no_logits and job.get("save_logprobs"):
+        raise ValueError(f"the reference must give logits: {no_logits}")
     for window in job["windows"]:
+        if no_logits:
+            nll.append(_scored_nll(backend, window))
+            continue
         logprobs, targets = _window_logprobs(backend, window)
         nll.append(-np.take_along_axis(logprobs, targets[:, None], axis=1)[:, 0].astype(np.float64))
         if job.get("save_logprobs"):
@@ -53,6 +60,10 @@ def accuracy(backend: CausalLMBackend, job: dict[str, Any]) -> Iterator[Event]:
     if problem is not None:
         raise problem
     if reference is None:
+        return
+    if no_logits:
+        for name, unit_name in (("kl_mean", "nats"), ("kl_max", "nats"), ("top1_agreement", "")):
+            yield metric(name, None, unit_name, note=f"unavailable: {no_logits}")
         return
     tail = f"KL over the reference's top {reference['indices'].shape[1]} tokens and the rest as one bucket"
     yield _metric("kl_mean", _per_window(kl, lambda parts: float(np.concatenate(parts).mean())), "nats", unit, tail)
@@ -110,9 +121,23 @@ def _metric(name: str, measured: tuple[float, tuple[float, float] | None], unit:
 
 
 def _window_logprobs(backend: CausalLMBackend, window: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Log-probs of each next token of the window, from one call over the whole window (or the
+    backend's own route where its multi-token step gives only the last position)."""
     ids = np.asarray([window], dtype=np.int64)
-    logits, _, _ = backend.step(ids, backend.empty_past(), 0)
-    return _log_softmax(logits[0, :-1].astype(np.float32)), ids[0, 1:]
+    if hasattr(backend, "window_logits"):
+        logits = backend.window_logits(ids)
+    else:
+        logits = backend.step(ids, backend.empty_past(), 0)[0][0]
+    if logits.shape[0] != len(window):
+        raise ValueError(f"the backend gave logits for {logits.shape[0]} of the window's {len(window)} positions")
+    return _log_softmax(logits[:-1].astype(np.float32)), ids[0, 1:]
+
+
+def _scored_nll(backend: ScoringBackend, window: list[int]) -> np.ndarray:
+    nll = np.asarray(backend.target_nll(window), dtype=np.float64)
+    if nll.shape != (len(window) - 1,):
+        raise ValueError(f"the backend scored {nll.shape} of the window's {len(window) - 1} predictions")
+    return nll
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:

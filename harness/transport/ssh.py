@@ -301,7 +301,7 @@ class SshTransport:
         from .. import deploy, runner
 
         folder = Path(runner.__file__).parent
-        files = {f"{RUNNER_PACKAGE}/{p.name}": p for p in sorted(folder.glob("*.py"))}
+        files = {f"{RUNNER_PACKAGE}/{p.relative_to(folder).as_posix()}": p for p in sorted(folder.rglob("*.py"))}
         self.runner_dir = deploy.deploy_tree(self, files, "runner").remote_dir
 
     def stage(self, folder: Path, hashes: Mapping[str, str]) -> str:

@@ -26,7 +26,13 @@ class Artifact:
 
     @property
     def model(self) -> Path:
-        return self.folder / MODEL_FILE
+        """The model file; a recipe for another runtime names its own (``model_file`` in the manifest)."""
+        return self.folder / self.manifest.get("model_file", MODEL_FILE)
+
+    @property
+    def runtime(self) -> str:
+        """The runner backend that runs this artifact (onnxruntime unless the recipe says otherwise)."""
+        return str(self.manifest.get("runtime", "onnxruntime"))
 
     @property
     def tokenizer(self) -> Path:
@@ -147,6 +153,8 @@ class VariantFactory:
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "build_seconds": round(seconds, 2),
             "facts": facts,
+            "runtime": getattr(recipe, "RUNTIME", "onnxruntime"),
+            "model_file": getattr(recipe, "MODEL_FILE", MODEL_FILE),
         }
 
 

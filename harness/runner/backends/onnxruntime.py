@@ -1,32 +1,14 @@
-"""Runtimes behind small interfaces: a causal LM's forward step with a KV cache, a sentence
-encoder's embedding of a batch."""
+"""onnxruntime: a causal LM's forward step with a KV cache (plain, or in place for fused graphs),
+a sentence encoder's embedding of a batch."""
 
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-
-class CausalLMBackend(Protocol):
-    """A loaded decoder. ``step`` runs ``input_ids`` on top of ``past`` and returns new state."""
-
-    def empty_past(self) -> Any: ...
-
-    def step(self, input_ids: np.ndarray, past: Any, past_len: int) -> tuple[np.ndarray, Any, int]:
-        """(logits, new past, nanoseconds spent in the runtime's own call)."""
-        ...
-
-    def settings(self) -> dict[str, Any]: ...
-
-
-def _hold(start_ns: int, slowdown: float) -> None:
-    """Stretch the call that began at ``start_ns`` by ``slowdown`` of its length, exactly: a
-    busy wait, since a sleep of a fraction of a millisecond overshoots by tens of microseconds."""
-    end = time.perf_counter_ns() + int((time.perf_counter_ns() - start_ns) * slowdown)
-    while time.perf_counter_ns() < end:
-        pass
+from .base import hold as _hold
 
 
 def usable_providers(wanted: list[str]) -> list[str]:
@@ -238,6 +220,3 @@ def _heads_and_dim(shape: list[Any], model_path: str) -> tuple[int, int]:
 def _numpy_dtype(onnx_type: str) -> Any:
     return {"tensor(float16)": np.float16, "tensor(float)": np.float32}.get(onnx_type, np.float32)
 
-
-BACKENDS = {"onnxruntime": OnnxRuntimeBackend, "onnxruntime_kv_buffer": KvBufferBackend,
-            "onnxruntime_encoder": OnnxEncoderBackend}
