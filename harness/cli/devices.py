@@ -10,6 +10,8 @@ from pathlib import Path
 from ..devicecheck import probe
 from ..devicesetup import setup_device
 from ..profiles import find_profile, registered_profiles
+from ..runtimes import suite_backends
+from ..suites import load_suite
 from ..transport import open_transport
 
 
@@ -20,6 +22,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--profiles", type=Path, default=Path("device_profiles"), help="folder of device profiles")
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("EDGEGATE_CACHE_DIR") or Path.home() / ".cache" / "edgegate"))
     parser.add_argument("--accept-new-host-key", action="store_true", help="trust a host key seen for the first time")
+    parser.add_argument("--suite", action="append", type=Path, default=[], metavar="FILE",
+                        help="setup: also install the runtimes this suite's variants use (repeatable)")
     parser.set_defaults(handler=run)
 
 
@@ -39,7 +43,8 @@ def run(args: argparse.Namespace, out: Callable[[str], None] = print) -> int:
             report = probe(profile.name, transport, profile.execution_providers, profile.threads)
         else:
             base = profile.python if profile.python not in ("", "auto") else "python3"
-            report = setup_device(profile.name, transport, args.cache, base_python=base, log=out)
+            report = setup_device(profile.name, transport, args.cache, base_python=base, log=out,
+                                  backends=suite_backends(load_suite(path) for path in args.suite))
     finally:
         transport.close()
     out(report.explain())

@@ -15,7 +15,7 @@ from markupsafe import Markup
 
 from ..metrics import METRICS
 from ..store import HistoryStore
-from . import charts
+from . import charts, runtimes
 
 TEMPLATE = "report.html.j2"
 # The headline columns, LLM and sentence-encoder metrics together; a run's page shows those its results have.
@@ -93,6 +93,8 @@ def run_context(store: HistoryStore, run_id: str) -> dict[str, Any]:
         "breaches": [r for r in rows if r["breaches"] or r["error"]],
         "manifests": _manifests(artifacts),
         "charts": _charts(results, history, runs, run_id, baseline_runs),
+        "runtimes": runtimes.sections(results, artifacts, {(r["suite"], r["device"], r["variant"]): r["status"]
+                                                           for r in rows}, environment),
     }
 
 

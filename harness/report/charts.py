@@ -283,3 +283,71 @@ def power_trace(watts: Sequence[float], title: str = "Power during decode") -> M
             parts.append(f'<circle cx="{x_scale(i)}" cy="{y_scale(w)}" r="1.5" fill="#d62728">'
                          f"<title>sample {i}: {escape(num(w))} W</title></circle>")
     return _close(parts)
+
+
+# The accuracy a runtime comparison plots, in order of preference: (point key, axis label, inverted).
+ACCURACY_AXES = (
+    ("top1_agreement", "top-1 agreement with the reference (higher is better)", False),
+    ("perplexity_ratio", "reference perplexity / perplexity (higher is better)", True),
+    ("perplexity", "perplexity (lower is better)", False),
+)
+RUNTIME_RADIUS = 22.0  # px: the largest variant's circle; every other circle's area scales with its size
+
+
+def runtime_tradeoff(points: Iterable[Mapping[str, Any]], title: str = "Speed vs accuracy by runtime") -> Markup:
+    """Decode tok/s (x) against accuracy (y): one circle per variant, coloured by runtime (legend),
+    its AREA proportional to size_mb (never under 1.5 px radius; dashed at 5 px when unknown).
+
+    One accuracy for every circle, so that they compare: top-1 agreement where every plotted variant
+    has it, else reference perplexity / perplexity (higher is better, as top-1), else perplexity; the
+    axis label says which, and the caption names any variant left out for lack of it.
+    ``points``: dicts with variant, runtime, decode_tok_s, size_mb and the ACCURACY_AXES keys."""
+    fast = [p for p in points if _finite(p.get("decode_tok_s"))]
+    key, label, inverted = max(ACCURACY_AXES, key=lambda axis: sum(_finite(p.get(axis[0])) for p in fast))
+    shown = [p for p in fast if _finite(p.get(key)) and (not inverted or float(p[key]) > 0)]
+    if not shown:
+        return _empty(title, "no variant has both a decode tok/s and an accuracy")
+    ys = [1.0 / float(p[key]) if inverted else float(p[key]) for p in shown]
+    xs = [float(p["decode_tok_s"]) for p in shown]
+    x_pad, y_pad = (max(xs) - min(xs)) * 0.1, (max(ys) - min(ys)) * 0.1  # room for circles and labels
+    x_scale = Scale(nice_ticks(min(xs) - x_pad, max(xs) + x_pad), PLOT_LEFT, PLOT_RIGHT - 50)
+    y_scale = Scale(nice_ticks(min(ys) - y_pad, max(ys) + y_pad), PLOT_BOTTOM, PLOT_TOP)
+    left_out = [str(p.get("variant", "")) for p in fast if p not in shown]
+    parts = _open(title, "upper right is better: faster and more accurate; circle area is proportional to model size"
+                  + (f"; no {key}: {', '.join(left_out)}" if left_out else ""))
+    _x_axis(parts, x_scale, "decode speed (tok/s, higher is better)")
+    _y_axis(parts, y_scale, label)
+    colours = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(dict.fromkeys(str(p.get("runtime", "")) for p in shown))}
+    largest = max((float(p["size_mb"]) for p in shown if _finite(p.get("size_mb")) and float(p["size_mb"]) > 0),
+                  default=None)
+    for point, x, y in zip(shown, xs, ys):
+        parts.append(_runtime_circle(point, x_scale(x), y_scale(y), colours, largest, f"{label.split(' (')[0]} {num(y)}"))
+    _runtime_legend(parts, colours)
+    return _close(parts)
+
+
+def _runtime_circle(point: Mapping[str, Any], cx: float, cy: float, colours: Mapping[str, str],
+                    largest: float | None, accuracy: str) -> str:
+    """One variant's circle (area proportional to its size against the largest) and its name."""
+    size = float(point["size_mb"]) if _finite(point.get("size_mb")) and float(point["size_mb"]) > 0 else None
+    radius = max(RUNTIME_RADIUS * math.sqrt(size / largest), 1.5) if size is not None and largest else 5.0
+    runtime, name = str(point.get("runtime", "")), str(point.get("variant", ""))
+    tip = (f"{name} ({runtime}): {num(float(point['decode_tok_s']))} tok/s, {accuracy}, "
+           + (f"{num(size)} MB" if size is not None else "size unknown"))
+    colour = colours[runtime]
+    dashed = "" if size is not None else ' stroke-dasharray="3 2"'
+    return (f'<circle class="variant" data-runtime="{escape(runtime)}" cx="{cx}" cy="{cy}" r="{radius:.3f}" '
+            f'fill="{colour}" fill-opacity="0.45" stroke="{colour}"{dashed}><title>{escape(tip)}</title></circle>'
+            f'<text class="point-label" x="{cx + radius + 3:.2f}" y="{cy + 4}">{escape(name)}</text>')
+
+
+def _runtime_legend(parts: list[str], colours: Mapping[str, str]) -> None:
+    """Runtime -> colour, boxed in the plot's top-right corner."""
+    left, top = PLOT_RIGHT - 120, PLOT_TOP + 4
+    parts.append(f'<g class="legend"><rect x="{left}" y="{top}" width="118" height="{8 + 16 * len(colours)}" '
+                 'fill="#fff" fill-opacity="0.85" stroke="#ccc"/>')
+    for i, (runtime, colour) in enumerate(colours.items()):
+        y = top + 12 + 16 * i
+        parts.append(f'<circle cx="{left + 10}" cy="{y}" r="5" fill="{colour}" fill-opacity="0.45" stroke="{colour}"/>'
+                     f'<text class="legend-label" x="{left + 20}" y="{y + 4}">{escape(runtime)}</text>')
+    parts.append("</g>")

@@ -38,7 +38,11 @@ def run_job(job: dict[str, Any]) -> int:
         backend, events = measure.load(lambda: backend_type(job["model"], job["providers"], job["threads"],
                                                             float(job.get("inject_slowdown", 0.0))))
     except Exception as exc:  # noqa: BLE001 - reported to the host, which decides
-        emit(_error("load", exc))
+        event = _error("load", exc)
+        if isinstance(exc, ImportError):
+            event["message"] += (f" (the {job.get('backend')} runtime is not installed here: "
+                                 f"`edgegate devices setup <device> --suite <suite>` installs what a suite's variants use)")
+        emit(event)
         peaks.stop()
         emit({"event": "done", "failures": failures + 1})
         return 1

@@ -63,7 +63,12 @@ class VariantFactory:
     def artifact(self, variant: VariantSpec) -> Artifact:
         """The variant's artifact; a ``parent:`` variant is built first and replaces the recipe's PARENT."""
         parent = self.artifact(self.suite.variant(variant.parent)) if variant.parent else None
-        return self._artifact(variant.recipe, variant.params, parent, f"variants.{variant.name}.params")
+        try:
+            return self._artifact(variant.recipe, variant.params, parent, f"variants.{variant.name}.params")
+        except BuildError as exc:  # a file its runtime cannot load, a tool that failed: say which variant
+            if str(exc).startswith(f"variant {variant.name} "):
+                raise
+            raise BuildError(f"variant {variant.name} ({variant.recipe}): {exc}") from exc
 
     def _base_model(self) -> tuple[base_models.BaseModel, str]:
         if self._base is None:

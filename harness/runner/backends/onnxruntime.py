@@ -10,6 +10,9 @@ import numpy as np
 
 from .base import hold as _hold
 
+REQUIRES = ("onnxruntime",)  # the device's own build (CPU, CUDA, TensorRT) is its choice
+PYTHON_MIN = (3, 9)
+
 
 def usable_providers(wanted: list[str]) -> list[str]:
     """The profile's providers this onnxruntime has, in the profile's order (its preference).

@@ -1,0 +1,64 @@
+"""What each runner backend needs on a device, read from the backend's own module.
+
+Every backend file in ``runner/backends`` declares ``REQUIRES`` (pip requirements, pinned) and
+``PYTHON_MIN``; this module turns a suite's variants into the runtimes and packages a device
+needs, and says in one sentence why a device cannot have one.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .suites import Suite
+
+# backend registry name -> (the name users know, the module the device must import)
+RUNTIMES: dict[str, tuple[str, str]] = {
+    "onnxruntime": ("ONNX Runtime", "onnxruntime"),
+    "onnxruntime_kv_buffer": ("ONNX Runtime", "onnxruntime"),
+    "onnxruntime_encoder": ("ONNX Runtime", "onnxruntime"),
+    "litert": ("LiteRT", "ai_edge_litert"),
+    "litert_lm": ("LiteRT-LM", "litert_lm"),
+    "executorch": ("ExecuTorch", "executorch"),
+    "llama_cpp": ("llama.cpp", "llama_cpp"),
+}
+BASE_NEEDS = ("numpy", "psutil")  # the runner's own, whatever the runtime
+
+
+@dataclass(frozen=True)
+class RuntimeNeeds:
+    backend: str
+    label: str
+    module: str  # imported on the device to check the runtime is there
+    requires: tuple[str, ...]
+    python_min: tuple[int, int]
+
+    def refusal(self, python_version: str) -> str | None:
+        """Why a device with this Python cannot run this runtime, or None when it can."""
+        have = tuple(int(part) for part in python_version.split(".")[:2])
+        if have >= self.python_min:
+            return None
+        return (f"{self.label} needs Python {'.'.join(map(str, self.python_min))} or newer "
+                f"({', '.join(self.requires)}); the device has Python {python_version}")
+
+
+def needs(backend: str) -> RuntimeNeeds:
+    """A backend's packages and oldest Python, from its module (which imports no runtime itself)."""
+    from .runner import backends
+
+    module_name, _ = backends._WHERE[backend]
+    module = importlib.import_module(f"{backends.__name__}.{module_name}")
+    label, imported = RUNTIMES[backend]
+    return RuntimeNeeds(backend, label, imported, tuple(getattr(module, "REQUIRES", ())),
+                        tuple(getattr(module, "PYTHON_MIN", (3, 9))))
+
+
+def suite_backends(suites: Iterable[Suite]) -> list[str]:
+    """The runtimes (one backend name each) the suites' variants run on, onnxruntime first."""
+    from .variants.recipes import RECIPES
+
+    found = {"onnxruntime"}
+    for suite in suites:
+        found.update(getattr(RECIPES[variant.recipe], "RUNTIME", "onnxruntime") for variant in suite.variants)
+    return sorted(found, key=lambda name: (name != "onnxruntime", name))
