@@ -8,7 +8,9 @@ use (LiteRT, LiteRT-LM, ExecuTorch, llama.cpp) where the device's Python can hav
 
 from __future__ import annotations
 
+import hashlib
 import platform
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
@@ -61,14 +63,16 @@ def _name(requirement: str) -> str:
 
 
 def fetch_wheels(python_version: str, machine: str, libc: list[str], dest: Path,
-                 requirements: Iterable[str] = RUNNER_NEEDS) -> list[Path]:
+                 requirements: Iterable[str] = RUNNER_NEEDS, cpu_flags: set[str] | None = None) -> list[Path]:
     """Download ``requirements`` and their dependencies as wheels for the device (not for this
-    machine); a package that publishes no wheels is built here when the device is this platform."""
+    machine); a package that publishes no wheels is built here, for the device's CPU flags, when
+    the device is this machine's architecture."""
     major_minor = ".".join(python_version.split(".")[:2])
     dest.mkdir(parents=True, exist_ok=True)
     binary, from_source = _split_source_builds(list(requirements))
     for requirement in from_source:
-        binary += [r for r in _wheel_requires(_build_here(requirement, major_minor, machine, dest)) if r not in binary]
+        built = _build_here(requirement, major_minor, machine, dest, cpu_flags)
+        binary += [r for r in _wheel_requires(built) if r not in binary]
     command = [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--dest", str(dest),
                "--python-version", major_minor, "--implementation", "cp"]
     for tag in wheel_platforms(machine, libc):
@@ -99,19 +103,21 @@ def _wheel_requires(wheel: Path) -> list[str]:
     return [d.replace(" ", "") for d in declared if ";" not in d]
 
 
-def _build_here(requirement: str, major_minor: str, machine: str, dest: Path) -> Path:
-    """Compile a source-only package into ``dest`` when the device is this platform, or say how."""
-    here = (".".join(platform.python_version_tuple()[:2]), platform.machine())
-    if (major_minor, machine) != here:
-        raise TransportError(f"{requirement} publishes no wheels, and this machine ({here[1]}, Python {here[0]}) "
-                             f"cannot build one for the device ({machine}, Python {major_minor}); install it on "
-                             f"the device: {_device_build_hint(requirement)}")
-    built = sorted(dest.glob(f"{_name(requirement).replace('-', '_')}-*.whl"))
-    if built:
-        return built[-1]
+def _build_here(requirement: str, major_minor: str, machine: str, dest: Path, cpu_flags: set[str] | None) -> Path:
+    """Compile a source-only package into ``dest`` when the device has this machine's
+    architecture (the wheel is ctypes bindings: any Python 3), or say how to build it there."""
     from . import llama_cpp_build
 
-    return llama_cpp_build.build_wheel(dest)
+    if machine != platform.machine():
+        raise TransportError(f"{requirement} publishes no wheels, and this machine ({platform.machine()}) cannot "
+                             f"build one for the device ({machine}, Python {major_minor}); install it on the "
+                             f"device: {_device_build_hint(requirement)}")
+    flags = llama_cpp_build.host_cpu_flags() if cpu_flags is None else cpu_flags
+    folder = dest / f"built-{hashlib.sha256(llama_cpp_build.cmake_args(flags).encode()).hexdigest()[:12]}"
+    built = sorted(folder.glob(f"{_name(requirement).replace('-', '_')}-*.whl"))
+    wheel = built[-1] if built else llama_cpp_build.build_wheel(folder, flags)
+    shutil.copy2(wheel, dest / wheel.name)  # one build per CPU's flags; the device gets its own
+    return dest / wheel.name
 
 
 def _device_build_hint(requirement: str) -> str:
@@ -131,7 +137,7 @@ def setup_device(name: str, transport: Transport, cache_dir: Path, base_python: 
         log(f"{name}: {label} not installed: {why}")
     wheels = fetch_wheels(facts["python"], facts["machine"], facts["libc"],
                           cache_dir / "wheels" / f"{facts['machine']}-cp{facts['python'].replace('.', '')[:3]}",
-                          wanted.requirements)
+                          wanted.requirements, _device_cpu_flags(transport))
     pushed = deploy_tree(transport, {wheel.name: wheel for wheel in wheels}, "wheels")
     log(f"{name}: {len(wheels)} wheels in {pushed.remote_dir} ({pushed.bytes_sent / 1e6:.1f} MB sent)")
     venv = transport.device_path("venv")
@@ -142,6 +148,14 @@ def setup_device(name: str, transport: Transport, cache_dir: Path, base_python: 
     report = devicecheck.probe(name, transport, runtimes={n.label: n.module for n in wanted.installed})
     refused = tuple(f"{label} cannot be installed: {why}" for label, why in wanted.refused.items())
     return DeviceReport(report.device, report.facts, report.problems, report.warnings + refused)
+
+
+def _device_cpu_flags(transport: Transport) -> set[str]:
+    """The device's CPU flags: what a source-only runtime is compiled for (not this machine's)."""
+    from .llama_cpp_build import cpu_flags
+
+    result = transport.run(["cat", "/proc/cpuinfo"], timeout_s=60)
+    return cpu_flags(result.stdout) if result.exit_status == 0 else set()
 
 
 def _base_facts(transport: Transport, base_python: str) -> dict:

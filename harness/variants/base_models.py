@@ -108,8 +108,30 @@ def load_for_export(base: BaseModel) -> tuple[Any, Any]:
 
     kwargs: dict[str, Any] = {"gguf_file": base.gguf_file} if base.gguf_file else {}
     tokenizer = AutoTokenizer.from_pretrained(base.folder, **kwargs)
+    if base.gguf_file:
+        _restore_digit_split(tokenizer, base.folder / base.gguf_file)
     model = AutoModelForCausalLM.from_pretrained(base.folder, dtype=torch.float32, **kwargs)
     return model.eval(), tokenizer
+
+
+# llama.cpp pre-tokenizers that put every digit in a piece of its own before the byte-level
+# split (llama.cpp's llama-vocab.cpp; SmolLM2's own tokenizer.json says the same)
+DIGIT_SPLIT_PRE_TOKENIZERS = ("smollm", "starcoder", "refact")
+
+
+def _restore_digit_split(tokenizer: Any, gguf_path: Path) -> None:
+    """transformers reads a GGUF's tokenizer without its pre-tokenizer rules: for SmolLM2 it keeps
+    the byte-level split but drops the split of each digit, so it gave 25,083 ids where the model's
+    own tokenizer (and llama.cpp's) give 25,052 on the evaluation text. Put the rule back."""
+    import gguf
+    from tokenizers import pre_tokenizers
+
+    field = gguf.GGUFReader(str(gguf_path)).fields.get("tokenizer.ggml.pre")
+    name = bytes(field.parts[field.data[0]]).decode() if field is not None else ""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if name in DIGIT_SPLIT_PRE_TOKENIZERS and backend is not None:
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), backend.pre_tokenizer])
 
 
 def load_encoder_for_export(base: BaseModel) -> SentenceEncoder:

@@ -102,7 +102,8 @@ class VariantFactory:
             "parent": parent_key,
             "base_model": self._base_model()[1],
             "tools": cache.tool_versions(recipe.TOOLS),
-            "code": cache.code_hash(recipe, *getattr(recipe, "USES", ())),
+            # base_models too: how the base is loaded (weights, tokenizer) shapes every artifact
+            "code": cache.code_hash(recipe, base_models, *getattr(recipe, "USES", ())),
             **({"param_files": {name: digest for name, (_, digest) in files.items()}} if files else {}),
         }
         key = cache.cache_key(inputs)
