@@ -6,7 +6,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .runner.timing import median_ci  # one definition for the runner's stopping rule and the host
+from .runner.timing import (
+    median_ci,  # one definition for the runner's stopping rule and the host
+)
 
 
 @dataclass(frozen=True)

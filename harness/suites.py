@@ -12,7 +12,9 @@ from .errors import ConfigError
 from .gate import Threshold, parse_thresholds
 from .metrics import METRICS
 from .regression import DEFAULT_RULES, RegressionRule
-from .runner.disturbance import Limits as DisturbanceSpec  # one definition for the runner and the host
+from .runner.disturbance import (
+    Limits as DisturbanceSpec,  # one definition for the runner and the host
+)
 
 SUITE_SCHEMA = 1
 BASE_MODEL_KINDS = ("gguf_package", "gguf_file", "hf_dir", "sentence_transformers_package", "sentence_transformers_dir")

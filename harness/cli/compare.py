@@ -17,7 +17,13 @@ import pandas as pd
 
 from ..errors import StoreError
 from ..metrics import METRICS, REPORT_ORDER
-from ..regression import DEFAULT_RULES, Comparison, RegressionRule, compare_metric, relative_change
+from ..regression import (
+    DEFAULT_RULES,
+    Comparison,
+    RegressionRule,
+    compare_metric,
+    relative_change,
+)
 from ..store import HistoryStore, decode_samples, decode_value
 
 # Catalogued metrics without a default rule (load_ms, power_w, ...) are shown better/worse/same

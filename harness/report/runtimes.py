@@ -23,8 +23,8 @@ from typing import Any
 import pandas as pd
 from markupsafe import Markup
 
-from . import charts
 from ..runtimes import RUNTIMES
+from . import charts
 
 KEY = ["suite", "device", "variant"]
 Key = tuple[str, str, str]

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 _SKIPPED_LABELS = {"sum of shunt voltages", "nc"}
 _TOTAL_RAILS = ("VDD_IN", "POM_5V_IN")
@@ -275,7 +274,6 @@ class CommandMeter(_Sensor):
 
     def _fail(self, reason: str) -> None:
         self.error = reason
-        return None
 
 
 def open_sensor(settings: dict[str, Any]) -> PowerSensor | Unavailable:
@@ -358,7 +356,7 @@ class PowerSampler:
         only where the sensor says why (``error``): a sensor without an energy counter reads None there."""
         try:
             value = read()
-        except Exception as exc:  # noqa: BLE001 - counted and reported in the summary instead
+        except Exception as exc:
             return self._fail(f"{type(exc).__name__}: {exc}")
         reason = getattr(self.sensor, "error", None) if value is None and sensor_error else None
         return self._fail(str(reason)) if reason else value
@@ -366,7 +364,6 @@ class PowerSampler:
     def _fail(self, reason: str) -> None:
         self.failed_reads += 1
         self.last_failure = reason[:300]
-        return None
 
     def _failure_text(self) -> str:
         return f"{self.failed_reads} failed read(s) in {self.attempts} sample(s), the last: {self.last_failure}"
@@ -433,7 +430,7 @@ def _description(sensor: PowerSensor) -> str | None:
     describe = getattr(sensor, "describe", None)
     try:
         return str(describe()) if callable(describe) else None
-    except Exception:  # noqa: BLE001 - a description is not worth failing a measurement
+    except Exception:
         return None
 
 

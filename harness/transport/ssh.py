@@ -19,7 +19,13 @@ from typing import Any
 
 import paramiko
 
-from ..errors import ConfigError, DeviceUnreachable, HostKeyError, RunnerError, TransportError
+from ..errors import (
+    ConfigError,
+    DeviceUnreachable,
+    HostKeyError,
+    RunnerError,
+    TransportError,
+)
 from ..profiles import DeviceProfile, SshSettings
 from .base import CommandResult, Watchdog, describe_end, parse_events
 
@@ -333,7 +339,7 @@ class SshTransport:
             try:
                 if closable is not None:
                     closable.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection may fail in many ways
+            except Exception:
                 pass
         self._sftp = None
         self._transport = None
@@ -400,7 +406,7 @@ def _finish(channel: paramiko.Channel, timeout_s: float) -> tuple[int, str]:
 def _read_all(stream: Any) -> bytes:
     try:
         return stream.read()
-    except (socket.timeout, OSError):
+    except (TimeoutError, OSError):
         return b""
 
 

@@ -12,7 +12,6 @@ from typing import Any
 from ..errors import BuildError
 from ..suites import BaseModelSpec
 
-
 POOLING_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}
 
 

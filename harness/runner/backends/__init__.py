@@ -11,7 +11,13 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from .base import CausalLMBackend, ScoringBackend, WindowLogits, hold, timed
-from .onnxruntime import KvBuffer, KvBufferBackend, OnnxEncoderBackend, OnnxRuntimeBackend, usable_providers
+from .onnxruntime import (
+    KvBuffer,
+    KvBufferBackend,
+    OnnxEncoderBackend,
+    OnnxRuntimeBackend,
+    usable_providers,
+)
 
 # backend name -> (module in this package, class)
 _WHERE = {

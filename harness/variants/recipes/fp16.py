@@ -16,9 +16,16 @@ DEFAULTS: dict[str, Any] = {"keep_fp32_ops": ["Softmax"], "keep_fp32_rms_norm": 
 
 def build(ctx: BuildContext) -> dict[str, Any]:
     import onnx
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+    from onnxruntime.transformers.float16 import (
+        DEFAULT_OP_BLOCK_LIST,
+        convert_float_to_float16,
+    )
 
-    from ..graph_passes import drop_round_trip_casts, rms_norm_chains, sort_topologically
+    from ..graph_passes import (
+        drop_round_trip_casts,
+        rms_norm_chains,
+        sort_topologically,
+    )
 
     model = onnx.load(str(ctx.parent_model))
     ops = list(DEFAULT_OP_BLOCK_LIST) + list(ctx.params["keep_fp32_ops"])

@@ -47,7 +47,10 @@ def build(ctx: BuildContext) -> dict[str, Any]:
 
 
 def _configs(params: dict[str, Any]) -> list[Any]:
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, HQQWeightOnlyQuantConfig
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        HQQWeightOnlyQuantConfig,
+    )
 
     block, bits = int(params["block_size"]), int(params["bits"])
     embedding = {"op_types_to_quantize": ("Gather",), "quant_axes": (("Gather", 1),)}

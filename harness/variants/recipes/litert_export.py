@@ -127,7 +127,7 @@ def _tensorflow_schema_alias() -> Iterator[None]:
     while litert-torch is imported (it needs nothing else of tensorflow); removed afterwards, so
     nothing later takes the stand-in for tensorflow."""
     try:
-        import tensorflow  # noqa: F401 - a real tensorflow serves the import itself
+        import tensorflow
         yield
         return
     except ImportError:
@@ -173,7 +173,7 @@ def export_here(settings_json: str) -> str:
     import json
     from unittest import mock
 
-    import torch._dynamo  # noqa: F401 - it looks for tensorflow when imported: before the stand-in exists
+    import torch._dynamo
 
     settings = json.loads(settings_json)
     with _tensorflow_schema_alias():
@@ -244,7 +244,7 @@ def _load_check(model_file: Path, reference: dict[str, Any], precision: str) -> 
         ids = np.asarray([reference["ids"]], dtype=np.int64)
         window = backend.window_logits(ids)
         stepped = _prefill_then_decode(backend, ids)
-    except Exception as exc:  # noqa: BLE001 - the interpreter raises its own untyped failures
+    except Exception as exc:
         raise BuildError(f"{NAME}: LiteRT cannot run the written {model_file.name}: {str(exc)[:300]}") from None
     want = reference["logits"]
     n = len(reference["ids"])
