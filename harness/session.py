@@ -44,6 +44,7 @@ class MetricResult:
     unit_size: int = 1  # consecutive samples that form one independent unit (a decode round)
     interval: tuple[float, float] | None = None  # 95% interval of a one-number metric (accuracy: bootstrap)
     ratio_interval: tuple[float, float] | None = None  # 95% interval of its ratio to the reference (paired)
+    unsupported: bool = False  # the variant's runtime cannot give this metric by design: its limits do not apply
 
 
 @dataclass
@@ -126,7 +127,8 @@ class RunSession:
         """Ship, blocked (the thresholds, suite < variant < device profile, and regressions it
         breaks) or inconclusive (a judged latency stayed disturbed), recorded in the history."""
         result = self.measure(suite, device, variant)
-        thresholds = gate.merge(suite.thresholds, variant.thresholds, applicable(device.thresholds, suite))
+        thresholds = self._supported(result, gate.merge(suite.thresholds, variant.thresholds,
+                                                        applicable(device.thresholds, suite)))
         reference = None
         if variant.name == suite.reference:
             thresholds = _absolute_only(thresholds)
@@ -153,6 +155,15 @@ class RunSession:
             "expected": expected.blocked if expected else None,
         })
         return verdict
+
+    def _supported(self, result: VariantResult, thresholds: dict[str, tuple[gate.Threshold, ...]]
+                   ) -> dict[str, tuple[gate.Threshold, ...]]:
+        """The limits on metrics the variant's runtime can give (LiteRT-LM has no logits: no KL, no
+        top-1); each one dropped is logged with the runtime's reason, which the report shows too."""
+        dropped = [name for name in thresholds if name in result.metrics and result.metrics[name].unsupported]
+        for name in dropped:
+            self.log(f"{result.variant} on {result.device}: {name} limits not judged: {result.metrics[name].note}")
+        return {name: rules for name, rules in thresholds.items() if name not in dropped}
 
     def _regressions(self, suite: Suite, device: DeviceProfile, variant: VariantSpec,
                      result: VariantResult, judged: set[str]) -> list[gate.Breach]:
@@ -424,7 +435,7 @@ def _metric(event: dict[str, Any]) -> MetricResult:
         value = summary.p50
     region = {"disturbed": event.get("disturbed") or None, "attempts": int(event.get("attempts") or 1),
               "unit_size": int(event.get("unit_size") or 1), "interval": _interval(event),
-              "ratio_interval": _interval(event, "ratio_ci_")}
+              "ratio_interval": _interval(event, "ratio_ci_"), "unsupported": bool(event.get("unsupported"))}
     if value is not None and not math.isfinite(float(value)):
         return MetricResult(event["name"], None, event.get("unit", ""), samples, f"not a finite number: {value}",
                             **region)

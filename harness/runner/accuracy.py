@@ -63,7 +63,7 @@ def accuracy(backend: CausalLMBackend, job: dict[str, Any]) -> Iterator[Event]:
         return
     if no_logits:
         for name, unit_name in (("kl_mean", "nats"), ("kl_max", "nats"), ("top1_agreement", "")):
-            yield metric(name, None, unit_name, note=f"unavailable: {no_logits}")
+            yield metric(name, None, unit_name, note=f"unavailable: {no_logits}", unsupported=True)
         return
     tail = f"KL over the reference's top {reference['indices'].shape[1]} tokens and the rest as one bucket"
     yield _metric("kl_mean", _per_window(kl, lambda parts: float(np.concatenate(parts).mean())), "nats", unit, tail)

@@ -12,7 +12,8 @@ Event = dict[str, Any]
 def metric(name: str, value: float | None, unit: str, samples: list[float] | None = None, note: str | None = None,
            **extra: Any) -> Event:
     """``extra``: ``disturbed`` (why the timed region was disturbed, or None), ``attempts`` (how
-    often it was measured), ``unit_size`` (samples per independent unit, e.g. a decode round)."""
+    often it was measured), ``unit_size`` (samples per independent unit, e.g. a decode round),
+    ``unsupported`` (True: this runtime cannot give the metric by design, e.g. KL without logits)."""
     return {"event": "metric", "name": name, "value": value, "unit": unit, "samples": samples, "note": note, **extra}
 
 
