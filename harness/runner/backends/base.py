@@ -4,13 +4,17 @@ A backend is one file in this package that imports its runtime only when a model
 the runner ships to a device that has only the runtimes its variants use.
 
 Every causal-LM backend takes ``(model_path, providers, threads, slowdown=0.0, spin=True)``:
-``providers`` matter to onnxruntime only; ``slowdown`` stretches each timed call (fault
+``providers`` matter to onnxruntime only; ``threads`` 0 means one per physical core on every
+runtime (``resolve_threads``: onnxruntime's own default, which the others' defaults are not:
+LiteRT's Python interpreter runs 1 thread, llama-cpp-python half the logical CPUs), so runtimes
+are compared on the same cores; ``slowdown`` stretches each timed call (fault
 injection for testing the gate); ``spin=False`` asks for worker threads that sleep when idle,
 for two models decoding side by side.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Protocol
 
@@ -66,3 +70,16 @@ def timed(call: Any, slowdown: float) -> tuple[Any, int]:
     if slowdown:
         hold(start, slowdown)
     return result, time.perf_counter_ns() - start
+
+
+def resolve_threads(threads: int) -> int:
+    """``threads``, or where it is 0 one per physical core (onnxruntime's default)."""
+    if threads > 0:
+        return threads
+    try:
+        import psutil
+
+        physical = psutil.cpu_count(logical=False)
+    except ImportError:
+        physical = None
+    return int(physical or os.cpu_count() or 1)

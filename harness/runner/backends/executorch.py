@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from .base import hold as _hold
+from .base import resolve_threads
 
 # The executorch wheel's runtime imports torch and needs the one it was built against; a device
 # on Python 3.12+ can run without torch by installing executorch-numpy-runtime==1.4.0 instead.
@@ -107,8 +108,8 @@ class _TorchRuntime:
         from executorch.extension.pybindings import portable_lib
         from executorch.runtime import Runtime
 
-        if threads:  # process-wide; between calls, as here, it is safe
-            portable_lib._unsafe_reset_threadpool(int(threads))
+        # process-wide; between calls, as here, it is safe. 0: one per physical core, as everywhere
+        portable_lib._unsafe_reset_threadpool(resolve_threads(int(threads)))
         self._torch = torch
         self._portable_lib = portable_lib
         self._program = Runtime.get().load_program(model_path)  # kept: the method lives in it

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import timed
+from .base import resolve_threads, timed
 
 REQUIRES = ("ai-edge-litert==2.3.0",)
 PYTHON_MIN = (3, 10)  # ai-edge-litert 2.3.0 publishes wheels for CPython 3.10 to 3.14
@@ -39,8 +39,8 @@ class LiteRTBackend:
         from ai_edge_litert.interpreter import Interpreter
 
         self.slowdown = slowdown  # fault injection for testing the gate: stretch each call by this share
-        self.threads = threads
-        self.interpreter = Interpreter(model_path=model_path, num_threads=threads or None)
+        self.threads = resolve_threads(threads)
+        self.interpreter = Interpreter(model_path=model_path, num_threads=self.threads)
         names = list(self.interpreter.get_signature_list())
         if "decode" not in names:
             raise ValueError(f"{model_path} has no decode signature (signatures: {names})")
@@ -121,7 +121,7 @@ class LiteRTBackend:
             "runtime": "LiteRT",
             "version": importlib.metadata.version("ai-edge-litert"),
             "threads": self.threads,
-            "num_threads": self.threads or "not set (the Python Interpreter then runs 1 thread)",
+            "num_threads": self.threads,
             "delegate": "XNNPACK (applied by default: builtin op resolver)",
             "signatures": signatures,
             "cache_length": self.cache_length,

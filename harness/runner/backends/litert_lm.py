@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import timed
+from .base import resolve_threads, timed
 
 REQUIRES = ("litert-lm-api==0.18.1",)
 PYTHON_MIN = (3, 10)  # litert-lm-api 0.18.1: py3-none wheels, Requires-Python >=3.10
@@ -62,11 +62,11 @@ class LiteRTLMBackend:
         import litert_lm
 
         self.slowdown = slowdown
-        self.threads = threads
+        self.threads = resolve_threads(threads)
         litert_lm.set_min_log_severity(litert_lm.LogSeverity.ERROR)  # INFO lines for every call otherwise
         # ":nocache": no XNNPACK weight cache written beside the bundle (in the deployed, hashed
         # folder), and every load packs the weights alike instead of depending on an earlier run.
-        self.engine = litert_lm.Engine(model_path, backend=litert_lm.Backend.CPU(thread_count=threads or None),
+        self.engine = litert_lm.Engine(model_path, backend=litert_lm.Backend.CPU(thread_count=self.threads),
                                        cache_dir=":nocache")
         self._sampler = litert_lm.SamplerConfig(top_k=1, top_p=1.0, temperature=1.0, seed=0)
         self._start = 1 if self.engine.bos_token_id is not None else 0  # the engine prepends it
@@ -157,7 +157,7 @@ class LiteRTLMBackend:
         return {
             "runtime": "LiteRT-LM",
             "version": importlib.metadata.version("litert-lm-api"),
-            "threads": self.threads or "engine default",
+            "threads": self.threads,
             "backend": "CPU (XNNPACK)",
             "weight_cache": "off (weights packed at every load)",
             "sampling": "greedy (top-k 1); scores at temperature 1",

@@ -10,8 +10,8 @@ The cache lives in the context, so ``past`` is only a marker of the position the
 reached: ``empty_past()`` clears the cache and ``step`` continues only from the latest marker of
 its own backend (an older one would silently attend to tokens the cache has since taken in).
 
-Threads: 0 means llama-cpp-python's own default (half the logical CPUs, at least one), not the C
-library's fixed 4, which oversubscribes a 2-core board. llama-cpp-python builds ggml with OpenMP,
+Threads: 0 means one per physical core (``base.resolve_threads``, as for every runtime), not
+llama-cpp-python's own default (half the logical CPUs) nor the C library's fixed 4. llama-cpp-python builds ggml with OpenMP,
 whose idle workers spin for a while after each call; ``spin=False`` sets ``OMP_WAIT_POLICY=PASSIVE``
 when this process has not loaded the library yet (libgomp reads it once, when it loads; in a
 process that imported torch first, torch's libgomp is already loaded and the policy stays), and
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import timed
+from .base import resolve_threads, timed
 
 REQUIRES = ("llama-cpp-python==0.3.36",)
 PYTHON_MIN = (3, 8)  # llama-cpp-python 0.3.36: Requires-Python >=3.8
@@ -61,7 +61,7 @@ class LlamaCppBackend:
         model = llama_cpp.llama_model_load_from_file(os.fsencode(model_path), model_params)
         if not model:
             raise RuntimeError(f"llama.cpp could not load {model_path} (not a GGUF it supports?)")
-        self._threads = threads or max((os.cpu_count() or 2) // 2, 1)
+        self._threads = resolve_threads(threads)
         context = llama_cpp.llama_init_from_model(model, self._context_params())
         if not context:
             llama_cpp.llama_model_free(model)
