@@ -34,6 +34,16 @@ class Plan:
     installed: tuple[runtimes.RuntimeNeeds, ...]
     refused: dict[str, str] = field(default_factory=dict)  # runtime label -> the sentence why
 
+    @property
+    def without_deps(self) -> tuple[str, ...]:
+        """The requirements installed without their declared dependencies (a runtime's export tooling)."""
+        names = {name for needed in self.installed for name in needed.no_deps}
+        return tuple(r for r in self.requirements if _name(r) in names)
+
+    @property
+    def with_deps(self) -> tuple[str, ...]:
+        return tuple(r for r in self.requirements if r not in self.without_deps)
+
 
 def wheel_platforms(machine: str, libc: list[str]) -> list[str]:
     """pip ``--platform`` tags a device with this CPU and glibc can run, newest first."""
@@ -63,7 +73,8 @@ def _name(requirement: str) -> str:
 
 
 def fetch_wheels(python_version: str, machine: str, libc: list[str], dest: Path,
-                 requirements: Iterable[str] = RUNNER_NEEDS, cpu_flags: set[str] | None = None) -> list[Path]:
+                 requirements: Iterable[str] = RUNNER_NEEDS, cpu_flags: set[str] | None = None,
+                 without_deps: Iterable[str] = ()) -> list[Path]:
     """Download ``requirements`` and their dependencies as wheels for the device (not for this
     machine); a package that publishes no wheels is built here, for the device's CPU flags, when
     the device is this machine's architecture."""
@@ -77,11 +88,20 @@ def fetch_wheels(python_version: str, machine: str, libc: list[str], dest: Path,
                "--python-version", major_minor, "--implementation", "cp"]
     for tag in wheel_platforms(machine, libc):
         command += ["--platform", tag]
-    done = subprocess.run(command + binary, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise TransportError(f"could not download wheels for python {major_minor} on {machine}: "
-                             f"{done.stderr.strip()[-800:]}")
+    for extra, wanted in (([], binary), (["--no-deps"], list(without_deps))):
+        if not wanted:
+            continue
+        done = subprocess.run(command + extra + wanted, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise TransportError(f"could not download wheels for python {major_minor} on {machine}: "
+                                 f"{_pip_error(done.stderr)}")
     return sorted(dest.glob("*.whl"))
+
+
+def _pip_error(stderr: str) -> str:
+    """pip's own error lines, without its warnings about unreachable index locations."""
+    lines = [line for line in stderr.strip().splitlines() if not line.startswith("WARNING: Location")]
+    return "\n".join(lines)[-800:]
 
 
 SOURCE_ONLY = ("llama-cpp-python",)  # PyPI has only its source: compiled for the device's CPU
@@ -137,15 +157,18 @@ def setup_device(name: str, transport: Transport, cache_dir: Path, base_python: 
         log(f"{name}: {label} not installed: {why}")
     wheels = fetch_wheels(facts["python"], facts["machine"], facts["libc"],
                           cache_dir / "wheels" / f"{facts['machine']}-cp{facts['python'].replace('.', '')[:3]}",
-                          wanted.requirements, _device_cpu_flags(transport))
+                          wanted.with_deps, _device_cpu_flags(transport), wanted.without_deps)
     pushed = deploy_tree(transport, {wheel.name: wheel for wheel in wheels}, "wheels")
     log(f"{name}: {len(wheels)} wheels in {pushed.remote_dir} ({pushed.bytes_sent / 1e6:.1f} MB sent)")
     venv = transport.device_path("venv")
     transport.run([base_python, "-m", "venv", venv], timeout_s=INSTALL_TIMEOUT_S, check=True)
-    transport.run([f"{venv}/bin/python", "-m", "pip", "install", "--quiet", "--no-index", "--find-links",
-                   pushed.remote_dir, *wanted.requirements], timeout_s=INSTALL_TIMEOUT_S, check=True)
+    install = [f"{venv}/bin/python", "-m", "pip", "install", "--quiet", "--no-index", "--find-links", pushed.remote_dir]
+    transport.run([*install, *wanted.with_deps], timeout_s=INSTALL_TIMEOUT_S, check=True)
+    if wanted.without_deps:
+        transport.run([*install, "--no-deps", *wanted.without_deps], timeout_s=INSTALL_TIMEOUT_S, check=True)
     log(f"{name}: installed {', '.join(wanted.requirements)} into {venv}")
-    report = devicecheck.probe(name, transport, runtimes={n.label: n.module for n in wanted.installed})
+    report = devicecheck.probe(name, transport, runtimes={n.label: n.module for n in wanted.installed
+                                                          if n.module not in RUNNER_NEEDS})
     refused = tuple(f"{label} cannot be installed: {why}" for label, why in wanted.refused.items())
     return DeviceReport(report.device, report.facts, report.problems, report.warnings + refused)
 

@@ -33,6 +33,7 @@ class RuntimeNeeds:
     module: str  # imported on the device to check the runtime is there
     requires: tuple[str, ...]
     python_min: tuple[int, int]
+    no_deps: tuple[str, ...] = ()  # packages installed without their declared dependencies
 
     def refusal(self, python_version: str) -> str | None:
         """Why a device with this Python cannot run this runtime, or None when it can."""
@@ -51,7 +52,7 @@ def needs(backend: str) -> RuntimeNeeds:
     module = importlib.import_module(f"{backends.__name__}.{module_name}")
     label, imported = RUNTIMES[backend]
     return RuntimeNeeds(backend, label, imported, tuple(getattr(module, "REQUIRES", ())),
-                        tuple(getattr(module, "PYTHON_MIN", (3, 9))))
+                        tuple(getattr(module, "PYTHON_MIN", (3, 9))), tuple(getattr(module, "NO_DEPS", ())))
 
 
 def suite_backends(suites: Iterable[Suite]) -> list[str]:

@@ -86,3 +86,9 @@ def test_setup_installs_a_suites_runtime_and_the_runner_says_what_is_missing_oth
     installed = _load_error(transport, "litert")  # the runtime imports now; only the file is absent
     assert "ModuleNotFoundError" not in installed and "devices setup" not in installed
     transport.close()
+
+
+def test_executorch_is_installed_without_its_export_tooling() -> None:
+    planned = devicesetup.plan(["onnxruntime", "executorch"], "3.11.2")
+    assert planned.without_deps == ("executorch==1.5.1",)
+    assert "torch==2.13.0" in planned.with_deps and "executorch==1.5.1" not in planned.with_deps

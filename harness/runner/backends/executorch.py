@@ -43,7 +43,11 @@ from .base import resolve_threads
 
 # The executorch wheel's runtime imports torch and needs the one it was built against; a device
 # on Python 3.12+ can run without torch by installing executorch-numpy-runtime==1.4.0 instead.
-REQUIRES: tuple[str, ...] = ("executorch==1.5.1", "torch==2.13.0")
+# executorch itself is installed without its declared dependencies: they are its export tooling
+# (hydra-core, omegaconf, whose antlr4 runtime publishes no wheel, coremltools, scikit-learn, ...);
+# its runtime imports only these (checked by importing it and running a .pte in a bare venv).
+REQUIRES: tuple[str, ...] = ("executorch==1.5.1", "torch==2.13.0", "ruamel.yaml", "flatbuffers", "tabulate")
+NO_DEPS: tuple[str, ...] = ("executorch",)
 PYTHON_MIN: tuple[int, int] = (3, 10)  # executorch 1.5.1 and torch 2.13.0 wheels: CPython 3.10-3.14
 
 METHOD = "forward"
