@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from edgegate import devicesetup, runtimes
+from edgegate.errors import RunnerError
 from edgegate.profiles import load_profile
 from edgegate.suites import load_suite
 
@@ -64,8 +65,11 @@ def litert_device(tmp_path_factory: pytest.TempPathFactory):
 def _load_error(transport, backend: str) -> str:
     job = {"model": "absent.model", "backend": backend, "providers": ["CPUExecutionProvider"], "threads": 1,
            "measurements": {}}
-    errors = [e for e in transport.run_job(job, timeout_s=120) if e.get("event") == "error"]
-    assert errors and errors[0]["measurement"] == "load"
+    events: list[dict] = []
+    with pytest.raises(RunnerError, match="exited with 1"):  # the runner exits 1 when the model will not load
+        events.extend(transport.run_job(job, timeout_s=120))
+    errors = [e for e in events if e.get("event") == "error" and e.get("measurement") == "load"]
+    assert errors, events
     return errors[0]["message"]
 
 
