@@ -203,14 +203,14 @@ class DeviceLease:
         """Release; a failure is logged, not raised: a lease that cannot be released expires."""
         try:
             self.release()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - runs after a measurement or at session end; neither may break
             self.log(f"device {self.device}: could not release the lease ({exc}); it expires within {self.ttl_s:.0f} s")
 
     def _keep_renewed(self, stop: threading.Event) -> None:
         while not stop.wait(self.ttl_s / 3):
             try:
                 answer = self.call("renew", ttl=self.ttl_s)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - the renewer must outlive a flaky link; the next tick retries
                 self.log(f"device {self.device}: could not renew the lease ({exc}); retrying")
                 continue
             if not answer["renewed"]:

@@ -14,7 +14,7 @@ from . import devicecheck, gate, jobs, paired
 from .baselines import BaselineChoice, baseline_samples, find_baseline, skipped_runs
 from .devicecheck import DeviceReport
 from .errors import DeviceNotReady, EdgeGateError, RunnerError
-from .jobs import SLOWDOWN_ENV, decoder_backend, injected_slowdown
+from .jobs import SLOWDOWN_ENV, decoder_backend, injected_slowdown  # noqa: F401 - the plugin and benches import them from here
 from .lease import Leases, lease_owner
 from .metrics import TASK_METRICS
 from .profiles import DeviceProfile

@@ -37,7 +37,7 @@ def run_job(job: dict[str, Any]) -> int:
         backend_type = BACKENDS[job.get("backend", "onnxruntime")]
         backend, events = measure.load(lambda: backend_type(job["model"], job["providers"], job["threads"],
                                                             float(job.get("inject_slowdown", 0.0))))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - reported to the host, which decides
         event = _error("load", exc)
         if isinstance(exc, ImportError):
             event["message"] += (f" (the {job.get('backend')} runtime is not installed here: "
@@ -105,7 +105,7 @@ def _guarded(name: str, step: Callable[[], Iterable[dict[str, Any]]]) -> int:
     try:
         for event in step():
             emit(event)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - reported to the host, which decides
         emit(_error(name, exc))
         return 1
     return 0

@@ -339,7 +339,7 @@ class SshTransport:
             try:
                 if closable is not None:
                     closable.close()
-            except Exception:
+            except Exception:  # noqa: BLE001 - closing a broken connection may fail in many ways
                 pass
         self._sftp = None
         self._transport = None

@@ -102,7 +102,7 @@ def load_checked(ctx: BuildContext, key: str, path: Path) -> Any:
     try:
         onnx.checker.check_model(str(path))
         return onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the checker and protobuf raise several unrelated types
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ctx.config_error(key, f"{path.name} is not a valid ONNX model: {first_line}") from None
 

@@ -99,7 +99,7 @@ def _check_it_loads(ctx: BuildContext) -> None:
 
     try:
         onnxruntime.InferenceSession(str(ctx.out_model), providers=["CPUExecutionProvider"])
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped failures
         raise BuildError(f"{ctx.params_field}: the model builder ({' '.join(builder_arguments(ctx.params))}) "
                          f"wrote a graph onnxruntime cannot load: {str(exc)[:300]}") from None
 

@@ -122,12 +122,12 @@ def _write_hf_folder(ctx: BuildContext, folder: Path) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _tensorflow_schema_alias() -> Iterator[None]:
+def tensorflow_schema_alias() -> Iterator[None]:
     """Let ``from tensorflow.lite.python import schema_py_generated`` find ai-edge-litert's copy
     while litert-torch is imported (it needs nothing else of tensorflow); removed afterwards, so
     nothing later takes the stand-in for tensorflow."""
     try:
-        import tensorflow
+        import tensorflow  # noqa: F401 - a real tensorflow serves the import itself
         yield
         return
     except ImportError:
@@ -173,10 +173,10 @@ def export_here(settings_json: str) -> str:
     import json
     from unittest import mock
 
-    import torch._dynamo
+    import torch._dynamo  # noqa: F401 - it looks for tensorflow when imported: before the stand-in exists
 
     settings = json.loads(settings_json)
-    with _tensorflow_schema_alias():
+    with tensorflow_schema_alias():
         from litert_torch.generative.export_hf import export as export_hf
         from litert_torch.generative.export_hf.core import export_lib, exportable_module
 
@@ -244,7 +244,7 @@ def _load_check(model_file: Path, reference: dict[str, Any], precision: str) -> 
         ids = np.asarray([reference["ids"]], dtype=np.int64)
         window = backend.window_logits(ids)
         stepped = _prefill_then_decode(backend, ids)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the interpreter raises its own untyped failures
         raise BuildError(f"{NAME}: LiteRT cannot run the written {model_file.name}: {str(exc)[:300]}") from None
     want = reference["logits"]
     n = len(reference["ids"])

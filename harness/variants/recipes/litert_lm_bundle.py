@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import shutil
 import sys
-import types
 from pathlib import Path
 from typing import Any
 
+from . import litert_export
 from ._context import TOKENIZER_FILE, BuildContext
 
 NAME = "litert_lm_bundle"
 PARENT = None
+USES = (litert_export,)  # its tensorflow stand-in shapes the export
 TOOLS = ("litert-torch", "litert-lm-api", "litert-lm-builder", "ai-edge-litert", "ai-edge-quantizer", "torch",
          "transformers", "gguf")
 DEFAULTS: dict[str, Any] = {"quantization": "int8", "prefill_lengths": [8, 128], "cache_length": 512}
@@ -142,27 +143,11 @@ def export_here(settings_json: str) -> None:
 
 
 def _exporter() -> Any:
-    """``export_hf.export``, importable without tensorflow (see the module docstring).
+    """``export_hf.export``, importable without tensorflow (the stand-in of litert_export)."""
+    import torch._dynamo  # noqa: F401 - it looks for tensorflow when imported: before the stand-in exists
 
-    The stand-in packages carry a spec without an origin: torch._dynamo, imported on the way,
-    asks ``importlib.util.find_spec("tensorflow")``, which raises for a module without one."""
-    import importlib.machinery
-
-    import ai_edge_litert.schema_py_generated as schema
-
-    names = ("tensorflow", "tensorflow.lite", "tensorflow.lite.python", "tensorflow.lite.python.schema_py_generated")
-    added = [name for name in names if name not in sys.modules]
-    for name in added[:-1] if names[-1] in added else added:
-        package = types.ModuleType(name)
-        package.__spec__, package.__path__ = importlib.machinery.ModuleSpec(name, None, is_package=True), []
-        sys.modules[name] = package
-    if names[-1] in added:
-        sys.modules[names[-1]] = schema
-    try:
+    with litert_export.tensorflow_schema_alias():
         from litert_torch.generative.export_hf import export
-    finally:  # the stand-ins must not make tensorflow look installed to anything imported later
-        for name in added:
-            sys.modules.pop(name, None)
     return export.export
 
 
