@@ -113,6 +113,20 @@ def load_for_export(base: BaseModel) -> tuple[Any, Any]:
     return model.eval(), tokenizer
 
 
+def save_hf_folder(model: Any, tokenizer: Any, folder: Path) -> None:
+    """Save a model loaded by ``load_for_export`` as a plain Hugging Face folder, for converters
+    that load one themselves (onnxruntime-genai's builder, litert-torch).
+
+    A GGUF loads dequantized to fp32, but transformers still marks it as "quantized with gguf" and
+    refuses to save it (litert-torch refuses a quantized checkpoint too); the weights in memory are
+    plain fp32 tensors."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
 # llama.cpp pre-tokenizers that put every digit in a piece of its own before the byte-level
 # split (llama.cpp's llama-vocab.cpp; SmolLM2's own tokenizer.json says the same)
 DIGIT_SPLIT_PRE_TOKENIZERS = ("smollm", "starcoder", "refact")

@@ -65,17 +65,10 @@ def _check(ctx: BuildContext) -> None:
 
 
 def _write_hf_folder(ctx: BuildContext, folder: Path) -> None:
-    from ..base_models import load_for_export
+    from ..base_models import load_for_export, save_hf_folder
 
     ctx.log("loading the base model with transformers (a GGUF is dequantized to fp32)")
-    model, tokenizer = load_for_export(ctx.base)
-    # A GGUF loads dequantized to fp32, but transformers still marks it as "quantized with gguf"
-    # and refuses to save it; the weights in memory are plain fp32 tensors.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    save_hf_folder(*load_for_export(ctx.base), folder)
 
 
 def _embedding_to_uint8(ctx: BuildContext) -> dict[str, Any]:

@@ -103,17 +103,11 @@ def _write_hf_folder(ctx: BuildContext, folder: Path) -> dict[str, Any]:
     import torch
 
     from ...evaldata import PROMPT_TOPICS, english_text
-    from ..base_models import load_for_export
+    from ..base_models import load_for_export, save_hf_folder
 
     ctx.log("loading the base model with transformers (a GGUF is dequantized to fp32)")
     model, tokenizer = load_for_export(ctx.base)
-    # A GGUF loads dequantized to fp32, but transformers still marks it as "quantized with gguf":
-    # it refuses to save it, and litert-torch refuses a quantized checkpoint.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    save_hf_folder(model, tokenizer, folder)
     tokenizer.save_pretrained(ctx.out_dir)
     ids = tokenizer(english_text(PROMPT_TOPICS))["input_ids"][:CHECK_TOKENS]
     with torch.no_grad():

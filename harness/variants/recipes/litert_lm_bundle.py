@@ -46,13 +46,13 @@ MAX_RATIO = {"fp32": 1.01, "int8": 1.25}  # perplexity over torch's on the check
 
 
 def build(ctx: BuildContext) -> dict[str, Any]:
-    from ..base_models import load_for_export
+    from ..base_models import load_for_export, save_hf_folder
 
     _check(ctx)
     ctx.log("loading the base model with transformers (a GGUF is dequantized to fp32)")
     model, tokenizer = load_for_export(ctx.base)
     hf_folder = ctx.out_dir / "hf_fp32"
-    _write_hf_folder(model, tokenizer, hf_folder)
+    save_hf_folder(model, tokenizer, hf_folder)
     quantization = ctx.params["quantization"]
     ctx.log(f"exporting with litert-torch ({quantization}: recipe {RECIPES[quantization]}); minutes for a real model")
     _export(ctx, hf_folder, _metadata(tokenizer, int(ctx.params["cache_length"])))
@@ -93,14 +93,6 @@ def _check(ctx: BuildContext) -> None:
                                                f"decode of 64 after a prompt), got {ctx.params['cache_length']!r}")
 
 
-def _write_hf_folder(model: Any, tokenizer: Any, folder: Path) -> None:
-    # A GGUF loads dequantized to fp32, but transformers still marks it as "quantized with gguf"
-    # and refuses to save it; the weights in memory are plain fp32 tensors.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
 
 
 def _metadata(tokenizer: Any, cache_length: int) -> str:
