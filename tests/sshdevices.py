@@ -39,6 +39,7 @@ from functools import partial
 from pathlib import Path
 from types import TracebackType
 
+import armroot
 import yaml
 
 SSHD = "/usr/sbin/sshd"
@@ -77,6 +78,7 @@ class SshDevice:
     netns: str | None
     cgroup: str | None
     root: Path
+    chroot: Path | None = None  # where the device's own root file system is, seen from this machine
 
     def profile_yaml(self, work_dir: str | None = None, python: str = "python3", **extra: object) -> str:
         """Text of an EdgeGate device profile (schema 1, ssh transport) for this device.
@@ -121,7 +123,7 @@ class _DeviceState:
     config: Path | None = None
     process: subprocess.Popen[bytes] | None = None
     device: SshDevice | None = None
-    mounts: list[Path] = field(default_factory=list)  # small disks, unmounted before the user goes
+    mounts: list[Path] = field(default_factory=list)  # small disks, device roots: unmounted before the user goes
 
 
 class SshDeviceFarm:
@@ -172,13 +174,16 @@ class SshDeviceFarm:
         cpu_quota: float | None = None,
         memory_mb: int | None = None,
         rate_mbit: float | None = None,
+        root_fs: Path | None = None,
     ) -> SshDevice:
         """Start device ``name`` and return it once its sshd accepts TCP connections.
 
         ``cpu_quota=0.5`` is half a core (cfs_quota_us = 0.5 * cfs_period_us), ``memory_mb``
         sets memory.limit_in_bytes (and memsw, so there is no escape to swap), ``rate_mbit``
         puts a tbf qdisc on both ends of the device's link.  All three are ignored in loopback
-        mode.  A device that fails to start is removed again before the error propagates.
+        mode.  ``root_fs`` (namespaced mode only) is a root file system the device's sessions are
+        chrooted into, through a writable overlay of its own (tests/armroot.py: an arm64 Debian).
+        A device that fails to start is removed again before the error propagates.
         """
         if not NAME_RE.fullmatch(name):
             raise ValueError(f"device name {name!r} must match {NAME_RE.pattern}")
@@ -188,7 +193,9 @@ class SshDeviceFarm:
         self._devices[name] = state
         try:
             if self._namespaces:
-                self._start_namespaced(state, cpu_quota, memory_mb, rate_mbit)
+                self._start_namespaced(state, cpu_quota, memory_mb, rate_mbit, root_fs)
+            elif root_fs is not None:
+                raise DeviceLimitUnsupported("a device with its own root file system needs namespaced mode (root)")
             else:
                 self._start_loopback(state)
         except BaseException:
@@ -199,12 +206,14 @@ class SshDeviceFarm:
         return state.device
 
     def _start_namespaced(
-        self, state: _DeviceState, cpu_quota: float | None, memory_mb: int | None, rate_mbit: float | None
+        self, state: _DeviceState, cpu_quota: float | None, memory_mb: int | None, rate_mbit: float | None,
+        root_fs: Path | None = None,
     ) -> None:
         ident = f"{self.prefix}-{state.name}"
         host_key, client_key = _prepare_root(state.root)
         state.user = ident
         home = _create_user(ident, client_key.with_suffix(".pub"))
+        chroot = self._enter_root(state, root_fs) if root_fs is not None else None
         state.cgroup = _create_cgroups(ident, cpu_quota, memory_mb)
         state.netns = ident
         index = self._connect_namespace(state)
@@ -213,14 +222,24 @@ class SshDeviceFarm:
         host = _device_address(index)
         state.config = _write_sshd_config(
             state.root, host_key, listen=f"{host}:22", user=ident,
-            authorized_keys=home / ".ssh" / "authorized_keys", strict=True,
+            authorized_keys=home / ".ssh" / "authorized_keys", strict=True, chroot=chroot,
         )
         self._launch(state, host, 22)
         known = _write_known_hosts(state.root, host, 22, host_key)
         state.device = SshDevice(
             name=state.name, host=host, port=22, user=ident, key_file=client_key, known_hosts=known,
-            home=home, netns=ident, cgroup=state.cgroup, root=state.root,
+            home=home, netns=ident, cgroup=state.cgroup, root=state.root, chroot=chroot,
         )
+
+    @staticmethod
+    def _enter_root(state: _DeviceState, root_fs: Path) -> Path:
+        """Mount the device's overlay of ``root_fs`` (mounted before sshd starts: the namespace
+        ``ip netns exec`` gives sshd is a copy of this one); return the chroot folder."""
+        assert state.user is not None
+        entry = pwd.getpwnam(state.user)
+        points = armroot.mount_device_root(root_fs, state.user, state.root, state.user, entry.pw_uid, entry.pw_gid)
+        state.mounts += points
+        return points[0]
 
     def _connect_namespace(self, state: _DeviceState) -> int:
         """Create the namespace and its veth pair with the next free /30; return its index."""
@@ -374,6 +393,8 @@ class SshDeviceFarm:
             steps.append(("stop sshd", partial(_stop_tree, state.process)))
         steps.append(("kill sessions", partial(_kill_device_processes, state.netns, state.cgroup, state.user)))
         steps += [(f"unmount {path}", partial(_unmount, path)) for path in reversed(state.mounts)]
+        if state.user and (armroot.MOUNTS / state.user).exists():
+            steps.append(("remove chroot folder", partial((armroot.MOUNTS / state.user).rmdir)))
         if state.subnet:
             steps.append(("delete guard route", partial(_delete_route, state.subnet)))
         if state.host_veth:
@@ -562,9 +583,11 @@ def _ensure_privsep_dir() -> None:
 
 
 def _write_sshd_config(
-    root: Path, host_key: Path, *, listen: str, user: str, authorized_keys: Path, strict: bool
+    root: Path, host_key: Path, *, listen: str, user: str, authorized_keys: Path, strict: bool,
+    chroot: Path | None = None,
 ) -> Path:
-    """Write the device's sshd_config; key-only login for ``user`` only, sftp enabled."""
+    """Write the device's sshd_config; key-only login for ``user`` only, sftp enabled (sshd's own,
+    which works inside a ``chroot`` too)."""
     lines = [
         f"ListenAddress {listen}",
         f"HostKey {host_key}",
@@ -584,6 +607,7 @@ def _write_sshd_config(
         "UseDNS no",
         "PrintMotd no",
         "LogLevel VERBOSE",
+        *([f"ChrootDirectory {chroot}"] if chroot else []),
     ]
     config = root / "sshd_config"
     config.write_text("\n".join(lines) + "\n")
@@ -850,7 +874,8 @@ def remove_leftovers(prefix: str) -> None:
     steps += [(f"delete netns {n}", partial(_delete_netns, n)) for n in found["netns"]]
     steps += [(f"delete link {link}", partial(_delete_link, link)) for link in found["links"]]
     steps.append(("delete orphaned guard routes", _delete_orphaned_routes))  # includes those just orphaned
-    steps += [(f"unmount {m}", partial(_unmount, Path(m))) for u in found["users"] for m in _mounts_under(Path("/home") / u)]
+    steps += [(f"unmount {m}", partial(_unmount, Path(m))) for u in found["users"]
+              for folder in (Path("/home") / u, armroot.MOUNTS / u) for m in _mounts_under(folder)]
     steps += [(f"delete user {u}", partial(_delete_user, u)) for u in found["users"]]
     _run_steps(steps, "could not remove leftovers")
 

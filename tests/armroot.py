@@ -1,0 +1,146 @@
+"""An arm64 Debian root file system for aarch64 test devices, built once from Debian's packages.
+
+The devices of tests/sshdevices.py are x86_64 like this machine. An aarch64 device is the same
+namespaced sshd whose session is chrooted (sshd's ``ChrootDirectory``) into an arm64 Debian root:
+every command the device runs there (its shell, its own aarch64 CPython, pip, the runner) is an
+aarch64 binary that the kernel hands to ``qemu-aarch64`` through binfmt_misc. It is real aarch64
+userspace with no internet; only the CPU is emulated (SIMD about 900x slower: tiny models only).
+
+:func:`arm64_root` builds the root with ``debootstrap --arch arm64`` from the Debian mirror this
+machine's apt uses, once, into a cache folder (reused by later test runs); :func:`mount_device_root`
+gives one device a writable overlay of it with /proc, /sys and /dev, torn down by unmounting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+SUITE = "bookworm"
+PACKAGES = ("python3", "python3-venv")
+CACHE = Path(os.environ.get("EDGEGATE_TEST_ROOTFS") or "/var/cache/edgegate-tests")
+MOUNTS = Path("/run/edgegate-tests")  # chroot folders: every component root-owned, as sshd insists
+BINFMT = Path("/proc/sys/fs/binfmt_misc")
+BUILD_TIMEOUT_S = 1200
+
+
+class RootUnavailable(RuntimeError):
+    """This machine cannot run an aarch64 device; the message says what is missing."""
+
+
+def unavailable() -> str | None:
+    """Why aarch64 devices cannot run here (None when they can); mounts binfmt_misc if needed."""
+    if os.geteuid() != 0:
+        return "aarch64 devices need root (chroot, overlay mounts, network namespaces)"
+    for tool, package in (("debootstrap", "debootstrap"), ("qemu-aarch64-static", "qemu-user-static")):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (apt-get install {package})"
+    return _binfmt_problem()
+
+
+def _binfmt_problem() -> str | None:
+    if not (BINFMT / "status").exists():
+        subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT)], capture_output=True, check=False)
+    if not (BINFMT / "qemu-aarch64").exists() and shutil.which("update-binfmts"):
+        subprocess.run(["update-binfmts", "--enable", "qemu-aarch64"], capture_output=True, check=False)
+    entry = BINFMT / "qemu-aarch64"
+    if not entry.exists():
+        return "qemu-aarch64 is not registered in binfmt_misc (update-binfmts --enable qemu-aarch64)"
+    flags = next((line.split()[1] for line in entry.read_text().splitlines() if line.startswith("flags:")), "")
+    if "F" not in flags:  # without F the interpreter is looked up inside the chroot, where it is not
+        return f"qemu-aarch64's binfmt entry lacks the F (fix binary) flag: {flags!r}"
+    return None
+
+
+def arm64_root() -> Path:
+    """The cached arm64 root (built on first use, about 2-3 minutes); RootUnavailable if it cannot be."""
+    why = unavailable()
+    if why:
+        raise RootUnavailable(why)
+    target = CACHE / f"rootfs-arm64-{SUITE}"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with _lock(CACHE / ".rootfs.lock"):
+        if not (target / ".complete").exists():
+            _build(target)
+    return target
+
+
+def _build(target: Path) -> None:
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    command = ["debootstrap", "--arch", "arm64", "--variant=minbase", f"--include={','.join(PACKAGES)}",
+               SUITE, str(partial), debian_mirror()]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False)
+    if done.returncode != 0:
+        raise RootUnavailable(f"debootstrap failed ({done.returncode}): {done.stdout[-600:]}{done.stderr[-600:]}")
+    (partial / ".complete").write_text(" ".join(command[:-1]) + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+
+
+def debian_mirror() -> str:
+    """The Debian mirror this machine's apt reads (one-line or deb822 sources)."""
+    sources = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
+    for path in sources:
+        with contextlib.suppress(OSError):
+            text = path.read_text()
+            found = re.search(r"^URIs:\s*(\S+/debian)/?\s*$", text, re.M) or \
+                re.search(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+/debian)/?\s", text, re.M)
+            if found:
+                return found.group(1)
+    raise RootUnavailable("no Debian mirror found in /etc/apt/sources.list{,.d}")
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def mount_device_root(lower: Path, ident: str, scratch: Path, user: str, uid: int, gid: int) -> list[Path]:
+    """Mount a writable overlay of ``lower`` at ``MOUNTS/ident`` with /proc, /sys, /dev and
+    /dev/shm, give ``user`` a passwd entry and a home there; return the mount points, outermost first."""
+    merged = MOUNTS / ident
+    upper, work = scratch / "overlay-upper", scratch / "overlay-work"
+    for folder in (MOUNTS, merged, upper, work):
+        folder.mkdir(mode=0o755, parents=True, exist_ok=True)
+    mounts = [(["-t", "overlay", "overlay", "-o", f"lowerdir={lower},upperdir={upper},workdir={work}"], merged),
+              (["-t", "proc", "proc"], merged / "proc"), (["-t", "sysfs", "sysfs"], merged / "sys"),
+              (["-t", "devtmpfs", "devtmpfs"], merged / "dev"), (["-t", "tmpfs", "-o", "mode=1777", "shm"], merged / "dev" / "shm")]
+    done: list[Path] = []
+    try:
+        for options, point in mounts:
+            point.mkdir(exist_ok=True)
+            _mount(options, point)
+            done.append(point)
+    except BaseException:
+        for point in reversed(done):
+            subprocess.run(["umount", "-l", str(point)], capture_output=True, check=False)
+        raise
+    _add_user(merged, user, uid, gid)
+    return done
+
+
+def _mount(options: list[str], point: Path) -> None:
+    result = subprocess.run(["mount", *options, str(point)], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RootUnavailable(f"mount {' '.join(options)} {point} failed: {result.stderr.strip()}")
+
+
+def _add_user(merged: Path, user: str, uid: int, gid: int) -> None:
+    """The device user as the arm64 root knows it (its own passwd and group files)."""
+    home = Path("/home") / user
+    with open(merged / "etc" / "passwd", "a") as passwd:
+        passwd.write(f"{user}:x:{uid}:{gid}:EdgeGate test device:{home}:/bin/bash\n")
+    with open(merged / "etc" / "group", "a") as group:
+        group.write(f"{user}:x:{gid}:\n")
+    inside = merged / home.relative_to("/")
+    inside.mkdir(parents=True, exist_ok=True)
+    os.chown(inside, uid, gid)
