@@ -3,7 +3,8 @@ fixed 1,000-sample rule, on one model on this machine, side by side in one run.
 
     python bench/bench_adaptive.py [--model PATH/model.onnx] [--rounds 3] [--target 0.01]
 
-Without --model it measures the default suite's int8 (built into the cache first if missing).
+Without --model it measures the default suite's int8 already in the cache (it builds nothing; it
+says which command builds it when there is none).
 
 Both rules run the runner's own decode measurement (same backend, same prompt, same threads);
 they alternate, `--rounds` times. For each run the table gives the samples taken, wall time,
@@ -25,13 +26,13 @@ from edgegate.runner.measure import decode
 from edgegate.runner.timing import relative_half_width
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import PROMPT, runner_backend, suite_model  # noqa: E402
+from benchlib import PROMPT, cached_suite_model, runner_backend  # noqa: E402
 
 
 
 def main() -> None:
     args = parse_args()
-    model = args.model or suite_model()
+    model = args.model or cached_suite_model("int8")
     backend = BACKENDS[runner_backend(model.parent)](str(model), ["CPUExecutionProvider"], 0)
     rules = {
         "adaptive": {"min_samples": 64, "max_samples": 4000, "max_seconds": 300, "target_ci": args.target},
@@ -46,7 +47,7 @@ def main() -> None:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path)
+    parser.add_argument("--model", type=Path, help="ONNX model (default: the default suite's int8 in the cache)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--target", type=float, default=0.01)
     return parser.parse_args()

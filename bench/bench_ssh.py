@@ -8,6 +8,8 @@ Prints, each as a median over alternating rounds:
   2. the time to redeploy an unchanged artifact (verify only, 0 bytes sent);
   3. the median decode latency the harness reports vs a bare onnxruntime loop run on the device
      by a plain script over the same SSH connection, and their ratio.
+Without --model it measures the default suite's fp16 already in the cache (it builds nothing; it
+says which command builds it when there is none).
 Needs root (network namespaces) and openssh-server; run it alone, the machine has two cores.
 """
 
@@ -27,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
-from benchlib import suite_model  # noqa: E402
+from benchlib import cached_suite_model  # noqa: E402
 
 from sshdevices import SshDeviceFarm  # noqa: E402
 
@@ -65,6 +67,8 @@ print(float(np.median(samples)))
 
 def main() -> None:
     args = parse_args()
+    # chosen before anything is started: without a model there is nothing to measure the latency on
+    model = args.model or cached_suite_model("fp16")  # the bare loop below drives the plain export's layout
     with tempfile.TemporaryDirectory() as scratch, SshDeviceFarm(Path(scratch), prefix="bench") as farm:
         device = farm.start("dev")
         profile = Path(scratch) / "dev.yaml"
@@ -73,7 +77,7 @@ def main() -> None:
         blob = Path(scratch) / "blob.bin"
         blob.write_bytes(os.urandom(args.mb * 1024 * 1024))
         rows = upload_rows(transport, device, blob, args.rounds)
-        rows += latency_rows(transport, Path(scratch), args)
+        rows += latency_rows(transport, Path(scratch), model, args)
         transport.close()
     print_table(rows, farm.uses_namespaces)
 
@@ -83,7 +87,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--mb", type=int, default=256, help="size of the uploaded file")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--model", type=Path, default=None, help="ONNX model for the latency comparison "
-                        "(default: the default suite's fp16, a plain export the bare loop can drive)")
+                        "(default: the default suite's fp16 in the cache, a plain export the bare loop can drive; "
+                        "build it with `edgegate variants build suites/suite_smollm2.yaml --only fp16`)")
     parser.add_argument("--tokens", type=int, default=32)
     return parser.parse_args()
 
@@ -125,8 +130,8 @@ def scp_seconds(device, blob: Path, remote: str) -> float:
     return time.perf_counter() - started
 
 
-def latency_rows(transport: SshTransport, scratch: Path, args: argparse.Namespace) -> list[tuple[str, float, str]]:
-    model = args.model or suite_model(variant="fp16")  # the bare loop below drives the plain export's layout
+def latency_rows(transport: SshTransport, scratch: Path, model: Path,
+                 args: argparse.Namespace) -> list[tuple[str, float, str]]:
     setup_device("dev", transport, scratch / "wheels", log=lambda _: None)
     transport.ensure_runner()
     folder = transport.stage(model.parent, {model.name: file_sha256(model)})

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 RUNNER_NEEDS = ("numpy", "onnxruntime", "psutil")
+RUNNER_PYTHON_MIN = (3, 9)  # the runner's own code (builtin generics at run time, walrus operators)
 PROBE_TIMEOUT_S = 60.0
 
 # Runs on the device with its python; standard library only, whatever is missing is reported.
@@ -29,6 +30,32 @@ try:
     info["providers"] = onnxruntime.get_available_providers()
 except Exception:
     info["providers"] = []
+wanted = [p for p in (sys.argv[3] if len(sys.argv) > 3 else "").split(",") if p] + ["CPUExecutionProvider"]
+try:  # the kernels (operator, domain, opset range) of the providers asked for: checked against each graph
+    from onnxruntime.capi import _pybind_state as capi
+    kernels = {}
+    for kernel in capi.get_all_opkernel_def():
+        if kernel.provider in wanted:
+            ops = kernels.setdefault(kernel.provider, {}).setdefault(kernel.domain or "ai.onnx", {})
+            ops.setdefault(kernel.op_name, []).append(list(kernel.version_range))
+    info["onnx_kernels"] = kernels
+    opsets = {}
+    for schema in capi.get_all_operator_schema():
+        domain = schema.domain or "ai.onnx"
+        opsets[domain] = max(opsets.get(domain, 0), schema.since_version)
+    info["onnx_opsets"] = opsets
+except Exception as exc:
+    info["onnx_kernels_error"] = type(exc).__name__ + ": " + str(exc)
+info["distributions"] = {}
+try:
+    from importlib import metadata
+except ImportError:  # Python < 3.8
+    metadata = None
+for name in [n for n in (sys.argv[4] if len(sys.argv) > 4 else "").split(",") if n and metadata]:
+    try:
+        info["distributions"][name] = metadata.version(name)
+    except Exception:
+        pass
 def first(path, keys):
     try:
         for line in open(path):
@@ -37,7 +64,11 @@ def first(path, keys):
                 return value.strip()
     except OSError:
         return None
-info["cpu_model"] = first("/proc/cpuinfo", ("model name", "Model", "Hardware")) or platform.processor()
+ARM_PARTS = {"0x41": {"0xd03": "Cortex-A53", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57", "0xd08": "Cortex-A72",
+                      "0xd0b": "Cortex-A76", "0xd0c": "Neoverse-N1", "0xd41": "Cortex-A78", "0xd42": "Cortex-A78AE"},
+             "0x00": {"0x051": "QEMU max (emulated)"}}
+part = ARM_PARTS.get(first("/proc/cpuinfo", ("CPU implementer",)) or "", {}).get(first("/proc/cpuinfo", ("CPU part",)) or "")
+info["cpu_model"] = first("/proc/cpuinfo", ("model name", "Model", "Hardware")) or part or platform.processor()
 mem = first("/proc/meminfo", ("MemTotal",))
 info["memory_mb"] = int(mem.split()[0]) // 1024 if mem else None
 place = sys.argv[1]
@@ -83,17 +114,37 @@ def probe(device: str, runner: CommandRunner, providers: tuple[str, ...] = (), t
           runtimes: dict[str, str] | None = None) -> DeviceReport:
     """Run the probe with the device's python; missing modules and providers become problems,
     a profile asking for more threads than the device has CPUs a warning. ``runtimes`` (the name
-    users know -> the module to import) are checked too: a missing one is a problem."""
+    users know -> the module to import) are checked too: a missing one is a problem. The facts
+    also hold what :mod:`edgegate.compat` checks each variant against: onnxruntime's kernels for
+    ``providers`` and its opsets, and the installed versions of every runtime's packages.
+
+    A Python too old for the runner is not a problem here: every variant is then "unsupported"
+    on the device (:func:`edgegate.compat.runner_refusal`), which says what to do."""
+    from .runtimes import distributions
+
     python = runner.python()
     modules = ",".join((runtimes or {}).values())
-    result = runner.run([python, "-c", PROBE, runner.device_path(), modules], timeout_s=PROBE_TIMEOUT_S)
+    argv = [python, "-c", PROBE, runner.device_path(), modules, ",".join(providers), ",".join(distributions())]
+    result = runner.run(argv, timeout_s=PROBE_TIMEOUT_S)
     if result.exit_status != 0:
         why = (result.stderr or "").strip().splitlines()[-1:] or [f"exit status {result.exit_status}"]
         return DeviceReport(device, {}, (f"cannot run {python}: {why[0]}; install Python 3 on the device "
                                           f"or set `python:` in its profile",))
     facts = json.loads(result.stdout.strip().splitlines()[-1])
+    if runner_too_old(facts):
+        return DeviceReport(device, facts, (), (runner_too_old(facts) or "",))
     problems = _problems(device, facts, providers) + _missing_runtimes(device, facts, runtimes or {})
     return DeviceReport(device, facts, tuple(problems), tuple(_warnings(facts, providers, threads)))
+
+
+def runner_too_old(facts: dict[str, Any]) -> str | None:
+    """Why the runner cannot run with the device's Python at all (None when it can)."""
+    version = str(facts.get("python") or "0")
+    if tuple(int(p) for p in version.split(".")[:2] if p.isdigit()) >= RUNNER_PYTHON_MIN:
+        return None
+    return (f"needs Python {'.'.join(map(str, RUNNER_PYTHON_MIN))} or newer for EdgeGate's runner; "
+            f"{facts.get('executable')} on the device is Python {version}: install a newer Python there "
+            f"(the board's profile says how) and set `python:` in the profile to it")
 
 
 def _missing_runtimes(device: str, facts: dict[str, Any], runtimes: dict[str, str]) -> list[str]:

@@ -55,5 +55,10 @@ class DeviceNotReady(EdgeGateError):
     """The device lacks what the runner needs; the message says how to install it."""
 
 
+class VariantUnsupported(EdgeGateError):
+    """The device, as it is, cannot run this variant (found before anything was uploaded);
+    the message names what the variant needs, what the device has and what to do."""
+
+
 class StoreError(EdgeGateError):
     """The history store cannot be read or written."""

@@ -55,6 +55,25 @@ def needs(backend: str) -> RuntimeNeeds:
                         tuple(getattr(module, "PYTHON_MIN", (3, 9))), tuple(getattr(module, "NO_DEPS", ())))
 
 
+def distributions() -> list[str]:
+    """The pip distributions of every runtime (onnxruntime's GPU build too): their versions are probed."""
+    from .runner import backends
+
+    names = {"onnxruntime", "onnxruntime-gpu"}
+    for backend in backends._WHERE:
+        names.update(_name(r) for r in needs(backend).requires)
+    return sorted(names)
+
+
+def pinned(backend: str) -> dict[str, str]:
+    """The exact versions a backend's ``REQUIRES`` pins (distribution -> version)."""
+    return {_name(r): r.split("==", 1)[1] for r in needs(backend).requires if "==" in r}
+
+
+def _name(requirement: str) -> str:
+    return requirement.split("=")[0].split("<")[0].split(">")[0].split("[")[0].strip()
+
+
 def suite_backends(suites: Iterable[Suite]) -> list[str]:
     """The runtimes (one backend name each) the suites' variants run on, onnxruntime first."""
     from .variants.recipes import RECIPES

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from . import devicecheck, gate, jobs, paired
+from . import compat, devicecheck, gate, jobs, paired
 from .baselines import BaselineChoice, baseline_samples, find_baseline, skipped_runs
 from .devicecheck import DeviceReport
-from .errors import DeviceNotReady, EdgeGateError, RunnerError
+from .errors import DeviceNotReady, EdgeGateError, RunnerError, VariantUnsupported
 from .jobs import SLOWDOWN_ENV, decoder_backend, injected_slowdown  # noqa: F401 - the plugin and benches import them from here
 from .lease import Leases, lease_owner
 from .metrics import TASK_METRICS
@@ -242,7 +242,8 @@ class RunSession:
             report = devicecheck.probe(device.name, transport, device.execution_providers, device.threads)
             if not report.ready:
                 raise DeviceNotReady(report.explain())
-            transport.ensure_runner()
+            if devicecheck.runner_too_old(report.facts) is None:  # else every variant is unsupported there
+                transport.ensure_runner()
         except EdgeGateError as exc:
             self._device_failures[device.name] = exc
             raise
@@ -255,6 +256,7 @@ class RunSession:
         self.store.append_artifact(self.run_id, suite.name, variant.name, artifact.recipe, artifact.key, artifact.manifest)
         transport = self.ready_transport(device)
         job = self._job(suite, device, variant, artifact)
+        self._check_supported(suite, device, variant, artifact, job["backend"])
         hashes = {name: facts["sha256"] for name, facts in artifact.manifest["files"].items()
                   if name != artifact.tokenizer.name}  # tokenizing happens here, not on the device
         job["model"] = str(PurePosixPath(transport.stage(artifact.folder, hashes), artifact.model.name))
@@ -273,6 +275,26 @@ class RunSession:
             result.metrics[metric.name] = metric
             self.store.append_results([self._row(result, metric)])
         return result
+
+    def _check_supported(self, suite: Suite, device: DeviceProfile, variant: VariantSpec, artifact: Artifact,
+                         backend: str) -> None:
+        """Before the upload: VariantUnsupported when the device cannot run the variant, DeviceNotReady
+        when its runtime is not installed (a setup step, not a limit of the device)."""
+        facts = self.device_reports[device.name].facts
+        missing = compat.not_installed(facts, backend)
+        if missing:
+            raise DeviceNotReady(f"{variant.name} needs {missing} on {device.name}, which is not installed there: "
+                                 f"`edgegate devices setup {device.name} --suite {suite.path}` installs it")
+        model = artifact.model if artifact.model.suffix == ".onnx" else None
+        reasons = compat.unsupported(device.name, facts, backend, model, device.execution_providers)
+        if reasons:
+            raise VariantUnsupported(f"{variant.name} on {device.name}: " + "; ".join(reasons))
+
+    def record_unsupported(self, suite: Suite, device: DeviceProfile, variant: VariantSpec, why: str) -> None:
+        self.store.append_verdict({
+            "run_id": self.run_id, "time": _now(), "suite": suite.name, "device": device.name,
+            "variant": variant.name, "passed": False, "verdict": "unsupported", "breaches": [], "unsupported": why,
+        })
 
     def _lease_lost(self, result: VariantResult, why: str) -> None:
         """Another run may have measured on the device meanwhile: every timing is disturbed."""

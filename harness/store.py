@@ -26,7 +26,7 @@ import pandas as pd
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 4  # of the file: its tables and columns
+SCHEMA_VERSION = 5  # of the file: its tables and columns
 RESULT_SCHEMA_VERSION = 1  # of one results/verdicts row: what its columns mean
 
 _TABLES = {
@@ -36,10 +36,10 @@ _TABLES = {
                "value REAL, unit TEXT, n INTEGER, p50 REAL, p90 REAL, p99 REAL, mean REAL, stdev REAL, "
                "ci_low REAL, ci_high REAL, samples TEXT, note TEXT, schema_version INTEGER, iqr REAL, outliers INTEGER, "
                "disturbed TEXT, attempts INTEGER, unit_size INTEGER",
-    # verdict: ship | blocked | inconclusive | error; baseline_excluded: why this run may not be a baseline
+    # verdict: ship | blocked | inconclusive | error | unsupported (with why); baseline_excluded: why this run may not be a baseline
     "verdicts": "run_id TEXT, time TEXT, suite TEXT, device TEXT, variant TEXT, passed INTEGER, "
                 "breaches TEXT, error TEXT, schema_version INTEGER, verdict TEXT, baseline_excluded TEXT, "
-                "inconclusive TEXT, expected TEXT",
+                "inconclusive TEXT, expected TEXT, unsupported TEXT",
     "artifacts": "run_id TEXT, suite TEXT, variant TEXT, recipe TEXT, key TEXT, manifest TEXT",
     "baselines": "suite TEXT, device TEXT, variant TEXT, run_id TEXT, pinned INTEGER, promoted_at TEXT, note TEXT, "
                  "UNIQUE (suite, device, variant, run_id)",
@@ -52,6 +52,7 @@ _MIGRATIONS: dict[int, tuple[tuple[str, str], ...]] = {
     3: (("results", "disturbed TEXT"), ("results", "attempts INTEGER"), ("results", "unit_size INTEGER"),
         ("verdicts", "verdict TEXT"), ("verdicts", "baseline_excluded TEXT"), ("verdicts", "inconclusive TEXT"),
         ("verdicts", "expected TEXT")),
+    4: (("verdicts", "unsupported TEXT"),),
 }
 RESULT_COLUMNS = [c.split()[0] for c in _TABLES["results"].split(", ")]
 
@@ -146,10 +147,11 @@ class HistoryStore:
         with closing(self._connect()) as db, db:
             db.execute(
                 "INSERT INTO verdicts (run_id, time, suite, device, variant, passed, breaches, error, schema_version, "
-                "verdict, baseline_excluded, inconclusive, expected) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "verdict, baseline_excluded, inconclusive, expected, unsupported) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (row["run_id"], row["time"], row["suite"], row["device"], row["variant"], int(row["passed"]),
                  json.dumps(row.get("breaches", [])), row.get("error"), RESULT_SCHEMA_VERSION, verdict,
-                 row.get("baseline_excluded"), json.dumps(row.get("inconclusive", [])), row.get("expected")),
+                 row.get("baseline_excluded"), json.dumps(row.get("inconclusive", [])), row.get("expected"),
+                 row.get("unsupported")),
             )
 
     def append_artifact(self, run_id: str, suite: str, variant: str, recipe: str, key: str, manifest: dict[str, Any]) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from edgegate.errors import ConfigError, EdgeGateError
+from edgegate.errors import ConfigError, EdgeGateError, VariantUnsupported
 from edgegate.profiles import DeviceProfile
 from edgegate.suites import Suite, VariantSpec, load_suite
 from edgegate.metrics import TASK_METRICS
@@ -64,6 +64,12 @@ class VariantItem(pytest.Item):
         run = recorder(self.config).session
         try:
             verdict = run.judge(self.suite, self.device, self.variant)
+        except VariantUnsupported as exc:
+            run.record_unsupported(self.suite, self.device, self.variant, str(exc))
+            self.user_properties.append(("edgegate.verdict", "unsupported"))
+            if recorder(self.config).settings.unsupported == "fail":
+                pytest.fail(f"unsupported on this device: {exc}", pytrace=False)
+            pytest.skip(f"unsupported on this device: {exc}")
         except EdgeGateError as exc:
             run.record_error(self.suite, self.device, self.variant, str(exc))
             raise

@@ -15,6 +15,7 @@ DEFAULT_DEVICE = "local"
 ALL_DEVICES = "all"
 TAG_PREFIX = "tag:"
 INCONCLUSIVE_CHOICES = ("fail", "pass")
+UNSUPPORTED_CHOICES = ("skip", "fail")
 
 
 def add_options(addoption: Callable[..., Any], prefix: str = "--edgegate-") -> None:
@@ -42,6 +43,10 @@ def add_options(addoption: Callable[..., Any], prefix: str = "--edgegate-") -> N
               help="what an inconclusive item does (a judged latency whose timed region stayed disturbed after "
                    "re-measuring): 'fail' it, saying inconclusive (default: a night cannot go green on an "
                    "unjudged number), or 'pass' it; either way it is recorded as inconclusive, never a baseline")
+    addoption(f"{prefix}unsupported", dest="edgegate_unsupported", choices=UNSUPPORTED_CHOICES, default="skip",
+              help="what an item does whose variant the device cannot run (found before upload: too old a "
+                   "Python or runtime, an operator without a kernel there): 'skip' it with the reason (default: "
+                   "the variant cannot ship to that device, and nothing regressed), or 'fail' it")
     addoption("--no-gate", dest="edgegate_no_gate", action="store_true", default=False,
               help="measure, record and report, but fail no test on thresholds or regressions")
     addoption(f"{prefix}accept-new-host-keys", dest="edgegate_accept_new_host_keys", action="store_true",
@@ -62,6 +67,7 @@ class Settings:
     templates: Path | None = None
     lease_wait_s: float | None = None
     inconclusive: str = "fail"  # one of INCONCLUSIVE_CHOICES
+    unsupported: str = "skip"  # one of UNSUPPORTED_CHOICES
 
 
 def settings_from(getoption: Callable[[str], Any], rootdir: Path) -> Settings:
@@ -84,6 +90,7 @@ def settings_from(getoption: Callable[[str], Any], rootdir: Path) -> Settings:
         templates=path("edgegate_templates", None) if getoption("edgegate_templates") else None,
         lease_wait_s=getoption("edgegate_lease_wait"),
         inconclusive=getoption("edgegate_inconclusive") or "fail",
+        unsupported=getoption("edgegate_unsupported") or "skip",
     )
 
 

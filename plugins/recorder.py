@@ -19,6 +19,7 @@ from .options import Settings
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
 RECORDER_KEY = pytest.StashKey["Recorder"]()
+BULKY_FACTS = ("onnx_kernels",)  # the device's kernel list: checked per variant, not kept in the history
 
 
 class Recorder:
@@ -85,7 +86,8 @@ class Recorder:
                                  f"{self.settings.history}: re-render with `edgegate report {self.run_id}`")
 
     def _facts(self) -> dict[str, Any]:
-        devices = {name: report.facts for name, report in self.session.device_reports.items()}
+        devices = {name: {k: v for k, v in report.facts.items() if k not in BULKY_FACTS}
+                   for name, report in self.session.device_reports.items()}
         baselines = {"/".join(key): (vars(choice) if choice else None) for key, choice in self.session.baselines.items()}
         skipped = {"/".join(key): list(runs) for key, runs in self.session.skipped_baselines.items() if runs}
         return {"devices": devices, "baselines": baselines, "variants": self.session.variant_settings(),
@@ -131,7 +133,7 @@ class Recorder:
         except Exception:  # noqa: BLE001 - a summary line is not worth a traceback
             return {}
         latest = verdicts.drop_duplicates(["suite", "device", "variant"], keep="last")
-        order = ("ship", "blocked", "inconclusive", "error")
+        order = ("ship", "blocked", "inconclusive", "error", "unsupported")
         counted = latest.verdict.fillna("ship").value_counts().to_dict()
         return {name: int(counted[name]) for name in order if name in counted}
 

@@ -9,6 +9,12 @@ userspace with no internet; only the CPU is emulated (SIMD about 900x slower: ti
 :func:`arm64_root` builds the root with ``debootstrap --arch arm64`` from the Debian mirror this
 machine's apt uses, once, into a cache folder (reused by later test runs); :func:`mount_device_root`
 gives one device a writable overlay of it with /proc, /sys and /dev, torn down by unmounting.
+
+qemu-user passes this machine's x86 /proc/cpuinfo through to the aarch64 programs, and the
+cpuinfo library inside onnxruntime's aarch64 build crashes parsing it (SIGSEGV at import). So the
+device's /proc/cpuinfo is replaced by the emulated CPU's own description, in the arm64 kernel's
+format: its MIDR_EL1 and CNTFRQ_EL0 read by ``mrs`` inside the emulation, its features from the
+HWCAP words qemu gives the process (/proc/self/auxv), one entry per CPU of this machine.
 """
 
 from __future__ import annotations
@@ -72,6 +78,7 @@ def arm64_root() -> Path:
 
 
 def _build(target: Path) -> None:
+    """debootstrap into a partial folder, then the emulated CPU's cpuinfo, then rename: all or nothing."""
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     command = ["debootstrap", "--arch", "arm64", "--variant=minbase", f"--include={','.join(PACKAGES)}",
@@ -79,9 +86,39 @@ def _build(target: Path) -> None:
     done = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False)
     if done.returncode != 0:
         raise RootUnavailable(f"debootstrap failed ({done.returncode}): {done.stdout[-600:]}{done.stderr[-600:]}")
+    (partial / CPUINFO).write_text(_emulated_cpuinfo(partial))
     (partial / ".complete").write_text(" ".join(command[:-1]) + "\n")
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
+
+
+CPUINFO = ".emulated-cpuinfo"
+# Runs inside the root (aarch64). HWCAP and HWCAP2 bit names as arch/arm64/kernel/cpuinfo.c prints them.
+CPUINFO_SCRIPT = r"""
+import ctypes, mmap, os, struct, sys
+HWCAP = "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm jscvt fcma lrcpc dcpop sha3 sm3 sm4 asimddp sha512 sve asimdfhm dit uscat ilrcpc flagm ssbs sb paca pacg".split()
+HWCAP2 = "dcpodp sve2 sveaes svepmull svebitperm svesha3 svesm4 flagm2 frint svei8mm svef32mm svef64mm svebf16 i8mm bf16 dgh rng bti mte ecv afp rpres mte3 sme smei16i64 smef64f64 smei8i32 smef16f32 smeb16f32 smef32f32 smefa64 wfxt".split()
+def mrs(instruction):
+    page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    page.write(struct.pack("<II", instruction, 0xD65F03C0))  # mrs x0, <register>; ret
+    return ctypes.CFUNCTYPE(ctypes.c_uint64)(ctypes.addressof(ctypes.c_char.from_buffer(page)))()
+raw = open("/proc/self/auxv", "rb").read()
+auxv = dict(struct.unpack_from("QQ", raw, i) for i in range(0, len(raw), 16))
+names = [n for bit, n in enumerate(HWCAP) if auxv.get(16, 0) >> bit & 1] + [n for bit, n in enumerate(HWCAP2) if auxv.get(26, 0) >> bit & 1]
+midr, frequency = mrs(0xD5380000), mrs(0xD53BE000)  # MIDR_EL1, CNTFRQ_EL0
+entry = ("processor\t: {}\nBogoMIPS\t: %d.%02d\nFeatures\t: %s\nCPU implementer\t: 0x%02x\nCPU architecture: 8\n"
+         "CPU variant\t: 0x%x\nCPU part\t: 0x%03x\nCPU revision\t: %d\n\n") % (
+    frequency // 500000, frequency // 5000 % 100, " ".join(names), midr >> 24 & 0xFF, midr >> 20 & 0xF, midr >> 4 & 0xFFF, midr & 0xF)
+sys.stdout.write("".join(entry.format(n) for n in range(int(sys.argv[1]))))
+"""
+
+
+def _emulated_cpuinfo(root: Path) -> str:
+    done = subprocess.run(["chroot", str(root), "python3", "-c", CPUINFO_SCRIPT, str(os.cpu_count() or 1)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0 or "CPU part" not in done.stdout:
+        raise RootUnavailable(f"could not read the emulated CPU's identity: {done.stderr.strip()[-400:]}")
+    return done.stdout
 
 
 def debian_mirror() -> str:
@@ -109,15 +146,19 @@ def mount_device_root(lower: Path, ident: str, scratch: Path, user: str, uid: in
     /dev/shm, give ``user`` a passwd entry and a home there; return the mount points, outermost first."""
     merged = MOUNTS / ident
     upper, work = scratch / "overlay-upper", scratch / "overlay-work"
+    for folder in (upper, work):  # a device starts from the pristine root, whatever ran before
+        shutil.rmtree(folder, ignore_errors=True)
     for folder in (MOUNTS, merged, upper, work):
         folder.mkdir(mode=0o755, parents=True, exist_ok=True)
     mounts = [(["-t", "overlay", "overlay", "-o", f"lowerdir={lower},upperdir={upper},workdir={work}"], merged),
               (["-t", "proc", "proc"], merged / "proc"), (["-t", "sysfs", "sysfs"], merged / "sys"),
+              (["--bind", str(lower / CPUINFO)], merged / "proc" / "cpuinfo"),
               (["-t", "devtmpfs", "devtmpfs"], merged / "dev"), (["-t", "tmpfs", "-o", "mode=1777", "shm"], merged / "dev" / "shm")]
     done: list[Path] = []
     try:
         for options, point in mounts:
-            point.mkdir(exist_ok=True)
+            if not point.exists():
+                point.mkdir()
             _mount(options, point)
             done.append(point)
     except BaseException:

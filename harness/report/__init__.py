@@ -15,7 +15,7 @@ from markupsafe import Markup
 
 from ..metrics import METRICS
 from ..store import HistoryStore
-from . import charts, runtimes
+from . import architectures, charts, runtimes
 
 TEMPLATE = "report.html.j2"
 # The headline columns, LLM and sentence-encoder metrics together; a run's page shows those its results have.
@@ -27,6 +27,7 @@ TREND_METRICS = ("decode_ms", "perplexity")
 TREND_RUNS = 20  # how many runs of the history the trend charts show
 CHANGE_NOISE = 0.01  # relative changes below this are shown grey: neither better nor worse
 KEY = ["suite", "device", "variant"]
+UNSUPPORTED = "unsupported on this device"
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,8 @@ def run_context(store: HistoryStore, run_id: str) -> dict[str, Any]:
     mine = runs[runs.run_id == run_id]
     run = mine.iloc[0].to_dict() if len(mine) else {"run_id": run_id, "suites": "[]", "devices": "[]"}
     run["suite_names"] = ", ".join(Path(p).name for p in json.loads(run.get("suites") or "[]"))
-    run["device_names"] = ", ".join(json.loads(run.get("devices") or "[]"))
     environment = json.loads(run.get("environment") or "{}")
+    run["device_names"] = ", ".join(_with_architecture(name, environment) for name in json.loads(run.get("devices") or "[]"))
     baselines = environment.get("baselines") or {}
     baseline_runs = {tuple(key.split("/", 2)): choice["run_id"] for key, choice in baselines.items()
                      if choice and choice.get("run_id") and len(key.split("/", 2)) == 3}
@@ -93,9 +94,16 @@ def run_context(store: HistoryStore, run_id: str) -> dict[str, Any]:
         "breaches": [r for r in rows if r["breaches"] or r["error"]],
         "manifests": _manifests(artifacts),
         "charts": _charts(results, history, runs, run_id, baseline_runs),
+        "architectures": architectures.sections(history, runs, run_id),
+        "unsupported": [r for r in rows if r["status"] == UNSUPPORTED],
         "runtimes": runtimes.sections(results, artifacts, {(r["suite"], r["device"], r["variant"]): r["status"]
                                                            for r in rows}, environment),
     }
+
+
+def _with_architecture(device: str, environment: dict[str, Any]) -> str:
+    facts = (environment.get("devices") or {}).get(device) or {}
+    return f"{device} ({architectures.architecture(facts['machine'])})" if facts.get("machine") else device
 
 
 def _limited(cell: Cell, limit: str, straddles: str) -> Cell:
@@ -142,6 +150,7 @@ def _row(suite: str, device: str, variant: str, metrics: pd.DataFrame, verdict: 
         "baseline_excluded": (verdict.iloc[0].get("baseline_excluded") if len(verdict) else None) or None,
         "expected": _text(verdict.iloc[0].get("expected")) if len(verdict) else None,
         "error": (verdict.iloc[0]["error"] if len(verdict) else None) or None,
+        "unsupported": _text(verdict.iloc[0].get("unsupported")) if len(verdict) else None,
         "cells": [_cell(by_metric.get(name), base.get((suite, device, variant, name)), name) for name in COLUMNS],
         "detail_cells": [_cell(by_metric.get(name), base.get((suite, device, variant, name)), name)
                          for name in DETAIL_COLUMNS],
@@ -287,7 +296,9 @@ def _overall(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "nothing measured"
     # a variant blocked as its suite expects (xfail) is no news: it does not block the run
-    statuses = {r["status"] for r in rows if not (r["status"] == "blocked" and r.get("expected"))} or {"ship"}
+    # nor does a variant the device cannot run: it cannot ship there, and nothing was measured to regress
+    statuses = {r["status"] for r in rows if not (r["status"] == "blocked" and r.get("expected"))
+                and r["status"] != UNSUPPORTED} or {"ship"}
     if statuses == {"ship"}:
         return "ship"
     return "inconclusive" if statuses <= {"ship", "inconclusive"} else "blocked"
@@ -301,7 +312,7 @@ def _status(verdict: pd.DataFrame) -> str:
     row = verdict.iloc[0]
     named = row.get("verdict")
     if isinstance(named, str) and named:
-        return "blocked" if named == "error" else named
+        return {"error": "blocked", "unsupported": UNSUPPORTED}.get(named, named)
     return "ship" if bool(row["passed"]) else "blocked"
 
 
