@@ -175,6 +175,7 @@ class SshDeviceFarm:
         memory_mb: int | None = None,
         rate_mbit: float | None = None,
         root_fs: Path | None = None,
+        cpu: str = armroot.DEFAULT_CPU,
     ) -> SshDevice:
         """Start device ``name`` and return it once its sshd accepts TCP connections.
 
@@ -182,7 +183,8 @@ class SshDeviceFarm:
         sets memory.limit_in_bytes (and memsw, so there is no escape to swap), ``rate_mbit``
         puts a tbf qdisc on both ends of the device's link.  All three are ignored in loopback
         mode.  ``root_fs`` (namespaced mode only) is a root file system the device's sessions are
-        chrooted into, through a writable overlay of its own (tests/armroot.py: an arm64 Debian).
+        chrooted into, through a writable overlay of its own (tests/armroot.py: an arm64 Debian),
+        its programs run on qemu's ``cpu`` model.
         A device that fails to start is removed again before the error propagates.
         """
         if not NAME_RE.fullmatch(name):
@@ -193,7 +195,7 @@ class SshDeviceFarm:
         self._devices[name] = state
         try:
             if self._namespaces:
-                self._start_namespaced(state, cpu_quota, memory_mb, rate_mbit, root_fs)
+                self._start_namespaced(state, cpu_quota, memory_mb, rate_mbit, root_fs, cpu)
             elif root_fs is not None:
                 raise DeviceLimitUnsupported("a device with its own root file system needs namespaced mode (root)")
             else:
@@ -207,13 +209,13 @@ class SshDeviceFarm:
 
     def _start_namespaced(
         self, state: _DeviceState, cpu_quota: float | None, memory_mb: int | None, rate_mbit: float | None,
-        root_fs: Path | None = None,
+        root_fs: Path | None = None, cpu: str = armroot.DEFAULT_CPU,
     ) -> None:
         ident = f"{self.prefix}-{state.name}"
         host_key, client_key = _prepare_root(state.root)
         state.user = ident
         home = _create_user(ident, client_key.with_suffix(".pub"))
-        chroot = self._enter_root(state, root_fs) if root_fs is not None else None
+        chroot = self._enter_root(state, root_fs, cpu) if root_fs is not None else None
         state.cgroup = _create_cgroups(ident, cpu_quota, memory_mb)
         state.netns = ident
         index = self._connect_namespace(state)
@@ -223,6 +225,7 @@ class SshDeviceFarm:
         state.config = _write_sshd_config(
             state.root, host_key, listen=f"{host}:22", user=ident,
             authorized_keys=home / ".ssh" / "authorized_keys", strict=True, chroot=chroot,
+            environment={"QEMU_CPU": cpu} if chroot else None,
         )
         self._launch(state, host, 22)
         known = _write_known_hosts(state.root, host, 22, host_key)
@@ -232,12 +235,12 @@ class SshDeviceFarm:
         )
 
     @staticmethod
-    def _enter_root(state: _DeviceState, root_fs: Path) -> Path:
+    def _enter_root(state: _DeviceState, root_fs: Path, cpu: str) -> Path:
         """Mount the device's overlay of ``root_fs`` (mounted before sshd starts: the namespace
         ``ip netns exec`` gives sshd is a copy of this one); return the chroot folder."""
         assert state.user is not None
         entry = pwd.getpwnam(state.user)
-        points = armroot.mount_device_root(root_fs, state.user, state.root, state.user, entry.pw_uid, entry.pw_gid)
+        points = armroot.mount_device_root(root_fs, state.user, state.root, state.user, entry.pw_uid, entry.pw_gid, cpu)
         state.mounts += points
         return points[0]
 
@@ -584,7 +587,7 @@ def _ensure_privsep_dir() -> None:
 
 def _write_sshd_config(
     root: Path, host_key: Path, *, listen: str, user: str, authorized_keys: Path, strict: bool,
-    chroot: Path | None = None,
+    chroot: Path | None = None, environment: dict[str, str] | None = None,
 ) -> Path:
     """Write the device's sshd_config; key-only login for ``user`` only, sftp enabled (sshd's own,
     which works inside a ``chroot`` too)."""
@@ -608,6 +611,7 @@ def _write_sshd_config(
         "PrintMotd no",
         "LogLevel VERBOSE",
         *([f"ChrootDirectory {chroot}"] if chroot else []),
+        *([f"SetEnv {' '.join(f'{k}={v}' for k, v in environment.items())}"] if environment else []),
     ]
     config = root / "sshd_config"
     config.write_text("\n".join(lines) + "\n")

@@ -73,4 +73,4 @@ def _newest_per_device(accuracy: pd.DataFrame, arch: dict[tuple[str, str], str],
 def _text(value: Any, metric: str) -> str:
     if value is None or pd.isna(value):
         return "—"
-    return f"{value:.4f}" if metric != "perplexity" else f"{value:.3f}"
+    return {"perplexity": f"{value:.3f}", "kl_mean": f"{value:.2e}"}.get(metric, f"{value:.4f}")
