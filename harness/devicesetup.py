@@ -45,9 +45,15 @@ class Plan:
         return tuple(r for r in self.requirements if r not in self.without_deps)
 
 
+WHEEL_ARCHITECTURES = ("x86_64", "aarch64")  # where onnxruntime publishes Linux wheels
+
+
 def wheel_platforms(machine: str, libc: list[str]) -> list[str]:
-    """pip ``--platform`` tags a device with this CPU and glibc can run, newest first."""
-    arch = {"arm64": "aarch64", "amd64": "x86_64"}.get(machine.lower(), machine.lower())
+    """pip ``--platform`` tags a device with this CPU and C library can run, newest first (a
+    device whose C library is not glibc, e.g. musl, can run only musllinux wheels)."""
+    arch = _arch(machine)
+    if not libc or libc[0] != "glibc":
+        return [f"musllinux_1_2_{arch}", f"musllinux_1_1_{arch}"]
     minor = int(libc[1].split(".")[1]) if len(libc) == 2 and libc[0] == "glibc" and "." in libc[1] else 17
     tags = [f"manylinux_2_{n}_{arch}" for n in range(minor, 16, -1)]
     return tags + [f"manylinux2014_{arch}"]
@@ -93,9 +99,35 @@ def fetch_wheels(python_version: str, machine: str, libc: list[str], dest: Path,
             continue
         done = subprocess.run(command + extra + wanted, capture_output=True, text=True, check=False)
         if done.returncode != 0:
-            raise TransportError(f"could not download wheels for python {major_minor} on {machine}: "
+            raise TransportError(_no_wheel(done.stderr, major_minor, machine, libc) or
+                                 f"could not download wheels for python {major_minor} on {machine}: "
                                  f"{_pip_error(done.stderr)}")
     return sorted(dest.glob("*.whl"))
+
+
+def _arch(machine: str) -> str:
+    return {"arm64": "aarch64", "amd64": "x86_64"}.get(machine.lower(), machine.lower())
+
+
+def _no_wheel(stderr: str, major_minor: str, machine: str, libc: list[str]) -> str | None:
+    """One sentence when PyPI has no wheel for the device: what is missing and what to do."""
+    import re
+
+    found = re.search(r"No matching distribution found for (\S+)", stderr)
+    if not found:
+        return None
+    glibc = bool(libc) and libc[0] == "glibc"
+    where = f"CPython {major_minor} on {machine} ({' '.join(libc) if glibc else 'not glibc'})"
+    if _arch(machine) not in WHEEL_ARCHITECTURES:
+        advice = (f"onnxruntime publishes Linux wheels for {' and '.join(WHEEL_ARCHITECTURES)} only: install the "
+                  f"board's 64-bit (aarch64) OS")
+    elif not glibc:
+        advice = ("its C library is not glibc, and onnxruntime publishes manylinux (glibc) wheels only: use a "
+                  "glibc distribution (Debian, Ubuntu, Raspberry Pi OS)")
+    else:
+        advice = ("another Python version on the device, or a newer OS (a newer glibc), may have one: "
+                  "`pip download --only-binary=:all: --platform ... --python-version ...` lists what exists")
+    return f"PyPI has no wheel of {found.group(1)} for {where}, and the device has no internet to build one: {advice}"
 
 
 def _pip_error(stderr: str) -> str:
@@ -152,6 +184,9 @@ def setup_device(name: str, transport: Transport, cache_dir: Path, base_python: 
     ``backends`` the device's Python can have; the report names every runtime refused and why."""
     facts = _base_facts(transport, base_python)
     log(f"{name}: python {facts['python']} on {facts['machine']} ({' '.join(facts['libc'])})")
+    too_old = devicecheck.runner_too_old({**facts, "executable": base_python})
+    if too_old:
+        return DeviceReport(name, facts, (f"nothing installed: the device {too_old}",))
     wanted = plan(backends, facts["python"])
     for label, why in wanted.refused.items():
         log(f"{name}: {label} not installed: {why}")

@@ -96,3 +96,19 @@ def test_executorch_is_installed_without_its_export_tooling() -> None:
     planned = devicesetup.plan(["onnxruntime", "executorch"], "3.11.2")
     assert planned.without_deps == ("executorch==1.5.1",)
     assert "torch==2.13.0" in planned.with_deps and "executorch==1.5.1" not in planned.with_deps
+
+
+@pytest.mark.parametrize(("machine", "libc", "advice"), [
+    ("armv7l", ["glibc", "2.36"], "onnxruntime publishes Linux wheels for x86_64 and aarch64 only: install the "
+                                  "board's 64-bit (aarch64) OS"),
+    ("aarch64", ["", ""], "its C library is not glibc, and onnxruntime publishes manylinux (glibc) wheels only"),
+])
+def test_a_device_pypi_has_no_wheel_for_gets_one_sentence_with_what_to_do(tmp_path: Path, machine: str,
+                                                                          libc: list[str], advice: str) -> None:
+    from edgegate.errors import TransportError
+
+    with pytest.raises(TransportError) as caught:  # pip really asks PyPI, for the device's platform tags
+        devicesetup.fetch_wheels("3.11.2", machine, libc, tmp_path)
+    message = str(caught.value)
+    assert message.startswith("PyPI has no wheel of ") and f"for CPython 3.11 on {machine}" in message
+    assert advice in message and "\n" not in message
