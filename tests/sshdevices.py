@@ -319,6 +319,12 @@ class SshDeviceFarm:
         (state.root / "sshd.pid").unlink(missing_ok=True)
         self._launch(state, state.device.host, state.device.port)
 
+    def link_bytes(self, name: str) -> tuple[int, int]:
+        """Bytes the device's link has carried so far (to the device, from it), from the root-side
+        veth's kernel counters: every byte on the wire, SSH framing and TCP included."""
+        statistics = Path("/sys/class/net") / self._host_veth(name) / "statistics"
+        return int((statistics / "tx_bytes").read_text()), int((statistics / "rx_bytes").read_text())
+
     def link_down(self, name: str) -> None:
         """Set the root-side veth down, like a cut cable (namespaced mode only)."""
         _run(["ip", "link", "set", self._host_veth(name), "down"])
