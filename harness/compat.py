@@ -13,6 +13,7 @@ error, fixed by ``edgegate devices setup``.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -107,13 +108,14 @@ def _has_kernel(kernels: dict[str, Any], domain: str, op: str, since: int) -> bo
     return any(start <= since <= end for start, end in kernels.get(domain, {}).get(op, []))
 
 
+@dataclass(frozen=True)
 class GraphNeeds:
-    """The (domain, operator, opset the operator's schema dates from) a graph uses, and its opsets."""
+    """What a graph asks of a runtime: (domain, operator, the opset its schema dates from), the
+    opset of each domain it imports, its ONNX IR version."""
 
-    def __init__(self, operators: tuple[tuple[str, str, int], ...], opsets: dict[str, int], ir_version: int) -> None:
-        self.operators = operators
-        self.opsets = opsets
-        self.ir_version = ir_version
+    operators: tuple[tuple[str, str, int], ...]
+    opsets: dict[str, int]
+    ir_version: int
 
 
 def graph_needs(model: Path) -> GraphNeeds:

@@ -102,7 +102,20 @@ def fetch_wheels(python_version: str, machine: str, libc: list[str], dest: Path,
             raise TransportError(_no_wheel(done.stderr, major_minor, machine, libc) or
                                  f"could not download wheels for python {major_minor} on {machine}: "
                                  f"{_pip_error(done.stderr)}")
+        if extra == [] and numpy_pin(dest.glob("*.whl")):  # the numpy that old onnxruntime was built for
+            subprocess.run(command + list(numpy_pin(dest.glob("*.whl"))), capture_output=True, check=True)
     return sorted(dest.glob("*.whl"))
+
+
+NUMPY_2_FROM = (1, 19)  # onnxruntime builds older than this were compiled against numpy 1.x
+
+
+def numpy_pin(wheels: Iterable[Path]) -> tuple[str, ...]:
+    """("numpy<2",) when the newest onnxruntime among ``wheels`` cannot import with numpy 2 (its
+    wheel declares no upper bound, so pip would pair it with one), else ()."""
+    versions = [tuple(int(p) for p in w.name.split("-")[1].split(".")[:2] if p.isdigit())
+                for w in wheels if w.name.startswith(("onnxruntime-", "onnxruntime_gpu-"))]
+    return ("numpy<2",) if versions and max(versions) < NUMPY_2_FROM else ()
 
 
 def _arch(machine: str) -> str:
@@ -190,15 +203,14 @@ def setup_device(name: str, transport: Transport, cache_dir: Path, base_python: 
     wanted = plan(backends, facts["python"])
     for label, why in wanted.refused.items():
         log(f"{name}: {label} not installed: {why}")
-    wheels = fetch_wheels(facts["python"], facts["machine"], facts["libc"],
-                          cache_dir / "wheels" / f"{facts['machine']}-cp{facts['python'].replace('.', '')[:3]}",
+    wheels = fetch_wheels(facts["python"], facts["machine"], facts["libc"], cache_dir / "wheels" / _wheel_folder(facts),
                           wanted.with_deps, _device_cpu_flags(transport), wanted.without_deps)
     pushed = deploy_tree(transport, {wheel.name: wheel for wheel in wheels}, "wheels")
     log(f"{name}: {len(wheels)} wheels in {pushed.remote_dir} ({pushed.bytes_sent / 1e6:.1f} MB sent)")
     venv = transport.device_path("venv")
     transport.run([base_python, "-m", "venv", venv], timeout_s=INSTALL_TIMEOUT_S, check=True)
     install = [f"{venv}/bin/python", "-m", "pip", "install", "--quiet", "--no-index", "--find-links", pushed.remote_dir]
-    transport.run([*install, *wanted.with_deps], timeout_s=INSTALL_TIMEOUT_S, check=True)
+    transport.run([*install, *wanted.with_deps, *numpy_pin(wheels)], timeout_s=INSTALL_TIMEOUT_S, check=True)
     if wanted.without_deps:
         transport.run([*install, "--no-deps", *wanted.without_deps], timeout_s=INSTALL_TIMEOUT_S, check=True)
     log(f"{name}: installed {', '.join(wanted.requirements)} into {venv}")
@@ -206,6 +218,12 @@ def setup_device(name: str, transport: Transport, cache_dir: Path, base_python: 
                                                           if n.module not in RUNNER_NEEDS})
     refused = tuple(f"{label} cannot be installed: {why}" for label, why in wanted.refused.items())
     return DeviceReport(report.device, report.facts, report.problems, report.warnings + refused)
+
+
+def _wheel_folder(facts: dict) -> str:
+    """One wheel folder per architecture, Python and C library (which decides the newest wheels)."""
+    python = "".join(facts["python"].split(".")[:2])
+    return f"{facts['machine']}-cp{python}-{''.join(facts['libc']) or 'nolibc'}"
 
 
 def _device_cpu_flags(transport: Transport) -> set[str]:

@@ -56,7 +56,8 @@ def test_devices_setup_from_nothing_installs_aarch64_wheels_sent_from_this_machi
     libraries = list((device.chroot / device.home.relative_to("/")).glob(
         "edgegate/venv/lib/python3.11/site-packages/onnxruntime/capi/onnxruntime_pybind11_state*.so"))
     assert libraries and _elf_machine(libraries[0]) == ELF_MACHINE_AARCH64
-    assert not list(cache.glob("wheels/aarch64-cp311/*x86_64*.whl"))
+    assert list(cache.glob("wheels/aarch64-cp311-glibc2.36/*aarch64*.whl"))
+    assert not list(cache.glob("wheels/*/*x86_64*.whl"))
 
 
 def _elf_machine(path: Path) -> int:

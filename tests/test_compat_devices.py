@@ -106,6 +106,19 @@ def test_old_onnxruntimes_get_per_variant_unsupported_verdicts_before_any_upload
     for name, text in old_devices.items():
         assert int4_model not in _device_files_sha256(tiny_project, name), f"int4's file was uploaded to {name}"
     _check_history_and_report(tiny_project)
+    refused = _load_there(tiny_project, "ort118", next((shared_cache / "variants").glob("int4_weight_only-*/model.onnx")))
+    assert "GatherBlockQuantized" in refused  # the reason given is the one the runtime itself has
+
+
+def _load_there(project: Path, name: str, model: Path) -> str:
+    """Send a model anyway and open it with the device's onnxruntime: what the runtime says."""
+    transport = SshTransport(load_profile(project / "device_profiles" / f"{name}.yaml"), command_timeout_s=120)
+    folder = deploy_tree(transport, {"model.onnx": model}, "probe-anyway").remote_dir
+    opened = transport.run([transport.python(), "-c", "import sys, onnxruntime as o; o.InferenceSession(sys.argv[1])",
+                            f"{folder}/model.onnx"])
+    transport.close()
+    assert opened.exit_status != 0, f"{name}'s onnxruntime opened the model the check called unsupported"
+    return str(opened.stderr)
 
 
 def _model_sha256(cache: Path, recipe: str) -> str:

@@ -112,3 +112,11 @@ def test_a_device_pypi_has_no_wheel_for_gets_one_sentence_with_what_to_do(tmp_pa
     message = str(caught.value)
     assert message.startswith("PyPI has no wheel of ") and f"for CPython 3.11 on {machine}" in message
     assert advice in message and "\n" not in message
+
+
+def test_an_old_glibc_gets_the_old_onnxruntime_and_the_numpy_it_was_built_for(tmp_path: Path) -> None:
+    wheels = devicesetup.fetch_wheels("3.11.2", "aarch64", ["glibc", "2.17"], tmp_path)  # pip really resolves
+    (runtime,) = [w.name for w in wheels if w.name.startswith("onnxruntime-")]
+    assert devicesetup.numpy_pin(wheels) == ("numpy<2",), runtime  # onnxruntime 1.16.3: the last for glibc 2.17
+    assert any(w.name.startswith("numpy-1.") for w in wheels)
+    assert devicesetup.numpy_pin([tmp_path / "onnxruntime-1.32.0-cp311-cp311-manylinux_2_28_aarch64.whl"]) == ()
