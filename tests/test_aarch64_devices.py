@@ -79,7 +79,7 @@ def test_a_suite_is_measured_there_end_to_end_and_the_report_sets_its_accuracy_b
     html = (tiny_project / "reports" / "latest.html").read_text()
     assert "nano (aarch64), local (x86_64)" in html
     table = html.split('id="architectures-tiny"', 1)[1].split("</table>", 1)[0]
-    assert "aarch64<br><small>nano</small>" in table and "x86_64<br><small>local</small>" in table
+    assert "aarch64<br><small>nano · Cortex-A57</small>" in table and "x86_64<br><small>local · " in table
     _same_fp32_perplexity(tiny_project / "reports" / "history.sqlite")
 
 

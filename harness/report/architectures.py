@@ -18,14 +18,14 @@ ACCURACY = ("perplexity", "kl_mean", "top1_agreement")
 SAME = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}
 
 
-def machines(runs: pd.DataFrame) -> dict[tuple[str, str], str]:
-    """(run_id, device) -> the architecture its probe reported in that run."""
+def machines(runs: pd.DataFrame) -> dict[tuple[str, str], tuple[str, str]]:
+    """(run_id, device) -> the architecture and CPU its probe reported in that run."""
     found = {}
     for run_id, text in zip(runs.run_id, runs.environment.fillna("{}")):
         devices = (json.loads(text) or {}).get("devices") or {}
         for device, facts in devices.items():
             if isinstance(facts, dict) and facts.get("machine"):
-                found[(run_id, device)] = architecture(str(facts["machine"]))
+                found[(run_id, device)] = (architecture(str(facts["machine"])), str(facts.get("cpu_model") or ""))
     return found
 
 
@@ -43,7 +43,7 @@ def sections(history: pd.DataFrame, runs: pd.DataFrame, run_id: str) -> list[dic
                                 arch, order, run_id))]
 
 
-def _table(suite: str, accuracy: pd.DataFrame, arch: dict[tuple[str, str], str], order: dict[str, int],
+def _table(suite: str, accuracy: pd.DataFrame, arch: dict[tuple[str, str], tuple[str, str]], order: dict[str, int],
            run_id: str) -> dict[str, Any] | None:
     columns = _newest_per_device(accuracy, arch, order, run_id)
     if len({c["arch"] for c in columns}) < 2:
@@ -55,7 +55,7 @@ def _table(suite: str, accuracy: pd.DataFrame, arch: dict[tuple[str, str], str],
     return {"suite": suite, "columns": columns, "metrics": ACCURACY, "rows": rows}
 
 
-def _newest_per_device(accuracy: pd.DataFrame, arch: dict[tuple[str, str], str], order: dict[str, int],
+def _newest_per_device(accuracy: pd.DataFrame, arch: dict[tuple[str, str], tuple[str, str]], order: dict[str, int],
                        run_id: str) -> list[dict[str, str]]:
     """Each device's newest run with accuracy results and a known architecture, this run first."""
     newest: dict[str, str] = {}
@@ -66,7 +66,8 @@ def _newest_per_device(accuracy: pd.DataFrame, arch: dict[tuple[str, str], str],
         held = newest.get(device)
         if held is None or rank > (held == run_id, order.get(held, -1)):
             newest[device] = run
-    columns = [{"arch": arch[(run, device)], "device": device, "run_id": run} for device, run in newest.items()]
+    columns = [{"arch": arch[(run, device)][0], "cpu": arch[(run, device)][1], "device": device, "run_id": run}
+               for device, run in newest.items()]
     return sorted(columns, key=lambda c: (c["arch"], c["device"]))
 
 
