@@ -1,10 +1,16 @@
-"""The history: every run and every measurement, appended to one SQLite file; pandas out.
+"""The history: every run and every measurement, appended to one database; pandas out.
+
+A SQLite file is the embedded default (nothing to set up); a PostgreSQL database
+(``postgresql://user@host/db``) is the one several CI machines share. Both go through SQLAlchemy
+Core with the same tables, the same SQL and the same schema versioning (``store_sql.py`` holds
+what differs between the two: column types, the connection, the schema lock).
 
 Rows are written as soon as a variant is measured, each in its own transaction, so a crash
-later in the session loses nothing already measured. The file carries a schema version and an
-unknown version is refused with an instruction rather than misread; older known versions are
+later in the session loses nothing already measured. The database carries a schema version and
+an unknown version is refused with an instruction rather than misread; older known versions are
 migrated in place (version 1 -> 2 added ``runs.branch`` and the ``baselines`` table; 3 -> 4 added
-what a measurement's timed region went through and each verdict's outcome and baseline fitness).
+what a measurement's timed region went through and each verdict's outcome and baseline fitness;
+4 -> 5 why a variant is unsupported on a device).
 """
 
 from __future__ import annotations
@@ -13,17 +19,17 @@ import importlib.util
 import json
 import math
 import os
-import sqlite3
 import tempfile
 import time
 from collections.abc import Iterable
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from sqlalchemy import text
 
+from . import store_sql
 from .errors import StoreError
 
 SCHEMA_VERSION = 5  # of the file: its tables and columns
@@ -55,6 +61,8 @@ _MIGRATIONS: dict[int, tuple[tuple[str, str], ...]] = {
     4: (("verdicts", "unsupported TEXT"),),
 }
 RESULT_COLUMNS = [c.split()[0] for c in _TABLES["results"].split(", ")]
+_KEY = "suite = :s AND device = :d AND variant = :v"
+NOT_FINISHED = "not finished (still being written, or it stopped before the end)"
 
 
 @dataclass(frozen=True)
@@ -69,94 +77,111 @@ class RunInfo:
 
 
 class HistoryStore:
-    """One SQLite file; safe for several writers, threads or processes (WAL, a 60 s busy timeout, one
-    short transaction per write, a fresh connection each time). Not on a network filesystem: WAL needs
-    shared memory between the writers, so they must run on one machine."""
+    """The history at ``location``: a SQLite file (a path) or a PostgreSQL database (a URL).
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as db:
-            db.isolation_level = None  # explicit BEGIN IMMEDIATE: check, migrate and create as one writer
-            db.execute("BEGIN IMMEDIATE")
-            try:
+    Safe for several writers, threads or processes: one short transaction per write; SQLite with
+    WAL and a 60 s busy timeout (writers on one machine: WAL needs shared memory, so not on a
+    network filesystem), PostgreSQL for writers on many machines. ``label`` names the history in
+    every message, with any password in a URL hidden.
+    """
+
+    def __init__(self, location: Path | str) -> None:
+        self.engine, self.label = store_sql.open_engine(location)
+        self.path = Path(location) if self.engine.dialect.name == "sqlite" else None
+        try:
+            with store_sql.schema_lock(self.engine) as db:
                 self._prepare(db)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        except store_sql.DB_ERRORS as exc:
+            raise StoreError(f"{self.label}: cannot open the history: {store_sql.reason(exc)}") from None
 
-    def _prepare(self, db: sqlite3.Connection) -> None:
-        db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    def _prepare(self, db: Any) -> None:
+        db.execute(text("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)"))
+        row = db.execute(text("SELECT value FROM meta WHERE key = 'schema_version'")).fetchone()
         version = SCHEMA_VERSION if row is None else int(row[0])
         if version > SCHEMA_VERSION or version < 1:
             raise StoreError(
-                f"{self.path}: history schema version {version} is not one this EdgeGate reads "
+                f"{self.label}: history schema version {version} is not one this EdgeGate reads "
                 f"({SCHEMA_VERSION}); use the EdgeGate release that wrote it (pip install -U edgegate), "
                 f"or point --edgegate-history at a new file"
             )
         for table, columns in _TABLES.items():
-            db.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
+            db.execute(text(f"CREATE TABLE IF NOT EXISTS {table} ({store_sql.column_types(columns, db)})"))
         for step in range(version, SCHEMA_VERSION):
             for table, column in _MIGRATIONS[step]:
-                existing = {info[1] for info in db.execute(f"PRAGMA table_info({table})")}
-                if column.split()[0] not in existing:
-                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+                if column.split()[0] not in store_sql.column_names(db, table):
+                    db.execute(text(f"ALTER TABLE {table} ADD COLUMN {store_sql.column_types(column, db)}"))
         if row is None or version != SCHEMA_VERSION:
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            db.execute(text("DELETE FROM meta WHERE key = 'schema_version'"))
+            db.execute(text("INSERT INTO meta VALUES ('schema_version', :v)"), {"v": str(SCHEMA_VERSION)})
 
-    def _connect(self) -> sqlite3.Connection:
-        try:
-            db = sqlite3.connect(self.path, timeout=60)
-            db.execute("PRAGMA journal_mode=WAL")
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: cannot open the history: {exc}") from None
-        return db
+    def _write(self) -> Any:
+        """One transaction (committed on leaving the block, rolled back on an error)."""
+        return self.engine.begin()
+
+    def _read(self) -> Any:
+        return self.engine.connect()
 
     def start_run(self, run: RunInfo, joining: bool = False) -> None:
         """Record the run's start. ``joining``: several processes (pytest-xdist workers) share this run
-        id; the first one's row stands, the others' are ignored (their RunInfo is the same but the time)."""
-        verb = "INSERT OR IGNORE" if joining else "INSERT"
-        with closing(self._connect()) as db, db:
-            db.execute(
-                f"{verb} INTO runs (run_id, started_at, git_commit, suites, devices, environment, branch) "
-                "VALUES (?,?,?,?,?,?,?)",
-                (run.run_id, run.started_at, run.git_commit, json.dumps(run.suites), json.dumps(run.devices),
-                 json.dumps(run.environment), run.branch),
-            )
+        id; the first one's row stands, the others' are ignored (their RunInfo is the same but the time).
+        Without ``joining`` a run id already in the history is an error: run ids are unique."""
+        values = {"run_id": run.run_id, "started_at": run.started_at, "git_commit": run.git_commit,
+                  "suites": json.dumps(run.suites), "devices": json.dumps(run.devices),
+                  "environment": json.dumps(run.environment), "branch": run.branch}
+        statement = ("INSERT INTO runs (run_id, started_at, git_commit, suites, devices, environment, branch) "
+                     "VALUES (:run_id, :started_at, :git_commit, :suites, :devices, :environment, :branch)")
+        try:
+            with self._write() as db:
+                db.execute(text(statement + (" ON CONFLICT (run_id) DO NOTHING" if joining else "")), values)
+        except store_sql.INTEGRITY_ERRORS:
+            raise StoreError(f"{self.label}: run {run.run_id!r} is already in the history") from None
 
     def finish_run(self, run_id: str, finished_at: str, exit_status: int,
                    environment: dict[str, Any] | None = None) -> None:
         """Close the run; ``environment`` (when given) replaces what was recorded at the start."""
-        with closing(self._connect()) as db, db:
-            db.execute("UPDATE runs SET finished_at = ?, exit_status = ? WHERE run_id = ?", (finished_at, exit_status, run_id))
+        with self._write() as db:
+            db.execute(text("UPDATE runs SET finished_at = :f, exit_status = :e WHERE run_id = :r"),
+                       {"f": finished_at, "e": exit_status, "r": run_id})
             if environment is not None:
-                db.execute("UPDATE runs SET environment = ? WHERE run_id = ?", (json.dumps(environment), run_id))
+                db.execute(text("UPDATE runs SET environment = :env WHERE run_id = :r"),
+                           {"env": json.dumps(environment), "r": run_id})
 
     def append_results(self, rows: Iterable[dict[str, Any]]) -> None:
         """Rows without ``schema_version`` get the current one; a row of another version is refused."""
-        records = [tuple(_cell(row.get(col)) for col in RESULT_COLUMNS) for row in map(_versioned, rows)]
-        placeholders = ",".join("?" * len(RESULT_COLUMNS))
-        with closing(self._connect()) as db, db:
-            db.executemany(f"INSERT INTO results ({','.join(RESULT_COLUMNS)}) VALUES ({placeholders})", records)
+        records = [{col: _cell(row.get(col)) for col in RESULT_COLUMNS} for row in map(_versioned, rows)]
+        if records:
+            self._insert("results", records)
 
     def append_verdict(self, row: dict[str, Any]) -> None:
         """One item's verdict; ``verdict`` defaults to ship/blocked from ``passed`` (error with an error)."""
         verdict = row.get("verdict") or ("ship" if row["passed"] else ("error" if row.get("error") else "blocked"))
-        with closing(self._connect()) as db, db:
-            db.execute(
-                "INSERT INTO verdicts (run_id, time, suite, device, variant, passed, breaches, error, schema_version, "
-                "verdict, baseline_excluded, inconclusive, expected, unsupported) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (row["run_id"], row["time"], row["suite"], row["device"], row["variant"], int(row["passed"]),
-                 json.dumps(row.get("breaches", [])), row.get("error"), RESULT_SCHEMA_VERSION, verdict,
-                 row.get("baseline_excluded"), json.dumps(row.get("inconclusive", [])), row.get("expected"),
-                 row.get("unsupported")),
-            )
+        self._insert("verdicts", [{
+            "run_id": row["run_id"], "time": row["time"], "suite": row["suite"], "device": row["device"],
+            "variant": row["variant"], "passed": int(row["passed"]), "breaches": json.dumps(row.get("breaches", [])),
+            "error": row.get("error"), "schema_version": RESULT_SCHEMA_VERSION, "verdict": verdict,
+            "baseline_excluded": row.get("baseline_excluded"), "inconclusive": json.dumps(row.get("inconclusive", [])),
+            "expected": row.get("expected"), "unsupported": row.get("unsupported"),
+        }])
 
     def append_artifact(self, run_id: str, suite: str, variant: str, recipe: str, key: str, manifest: dict[str, Any]) -> None:
-        with closing(self._connect()) as db, db:
-            db.execute("INSERT INTO artifacts VALUES (?,?,?,?,?,?)", (run_id, suite, variant, recipe, key, json.dumps(manifest)))
+        self._insert("artifacts", [{"run_id": run_id, "suite": suite, "variant": variant, "recipe": recipe,
+                                    "key": key, "manifest": json.dumps(manifest)}])
+
+    def append_rows(self, table: str, frame: pd.DataFrame) -> int:
+        """Rows of ``table`` as exported (``edgegate history import``), in one transaction; their count."""
+        if table not in _TABLES:
+            raise StoreError(f"no table {table!r} in the history; tables: {', '.join(_TABLES)}")
+        wanted = [c for c in _columns(table) if c in frame.columns]
+        records = [{c: _plain(v) for c, v in zip(wanted, values)} for values in frame[wanted].itertuples(index=False)]
+        if records:
+            self._insert(table, records)
+        return len(records)
+
+    def _insert(self, table: str, records: list[dict[str, Any]]) -> None:
+        columns = list(records[0])
+        statement = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(':' + c for c in columns)})"
+        with self._write() as db:
+            db.execute(text(statement), records)
 
     def frame(self, table: str, run_id: str | None = None, *, where: dict[str, Any] | None = None) -> pd.DataFrame:
         """A table as a DataFrame, optionally only one run's rows (and rows whose columns equal ``where``).
@@ -169,47 +194,49 @@ class HistoryStore:
         unknown = set(conditions) - set(_columns(table))
         if unknown:
             raise StoreError(f"table {table!r} has no column {', '.join(sorted(unknown))}")
-        query = f"SELECT * FROM {table}" + (" WHERE " + " AND ".join(f"{c} = ?" for c in conditions) if conditions else "")
-        with closing(self._connect()) as db:
-            frame = pd.read_sql_query(query, db, params=tuple(conditions.values()) or None)
+        query = f"SELECT * FROM {table}" + (" WHERE " + " AND ".join(f"{c} = :{c}" for c in conditions) if conditions else "")
+        with self._read() as db:
+            frame = pd.read_sql_query(text(query), db, params=conditions or None)
         if "schema_version" in frame.columns:
-            _check_row_versions(self.path, table, frame)
+            _check_row_versions(self.label, table, frame)
         return frame
 
     def newest_runs(self, count: int = 5) -> list[str]:
         """The ``count`` newest run ids, newest first (for messages that name what exists)."""
-        with closing(self._connect()) as db:
-            rows = db.execute("SELECT run_id FROM runs ORDER BY started_at DESC LIMIT ?", (count,)).fetchall()
+        with self._read() as db:
+            rows = db.execute(text("SELECT run_id FROM runs ORDER BY started_at DESC, run_id DESC LIMIT :n"),
+                              {"n": count}).fetchall()
         return [row[0] for row in rows]
 
     def require_run(self, run_id: str) -> None:
         """StoreError naming ``run_id`` and the newest runs when the history has no such run."""
-        with closing(self._connect()) as db:
-            found = db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        with self._read() as db:
+            found = db.execute(text("SELECT 1 FROM runs WHERE run_id = :r"), {"r": run_id}).fetchone()
         if found is None:
-            raise StoreError(f"{self.path}: no run {run_id!r}; newest: {', '.join(self.newest_runs()) or 'none'}")
+            raise StoreError(f"{self.label}: no run {run_id!r}; newest: {', '.join(self.newest_runs()) or 'none'}")
 
     def promote(self, suite: str, device: str, variant: str, run_id: str, pinned: bool = False, note: str = "") -> None:
         """Record ``run_id`` as a baseline for suite/device/variant; pinning it unpins any other."""
         self.require_run(run_id)
-        with closing(self._connect()) as db, db:
+        key = {"s": suite, "d": device, "v": variant}
+        with self._write() as db:
             if pinned:
-                db.execute("UPDATE baselines SET pinned = 0 WHERE suite = ? AND device = ? AND variant = ?",
-                           (suite, device, variant))
-            db.execute("INSERT OR REPLACE INTO baselines VALUES (?,?,?,?,?,?,?)",
-                       (suite, device, variant, run_id, int(pinned), _now(), note))
+                db.execute(text(f"UPDATE baselines SET pinned = 0 WHERE {_KEY}"), key)
+            db.execute(text("INSERT INTO baselines VALUES (:s, :d, :v, :r, :p, :t, :n) "
+                            "ON CONFLICT (suite, device, variant, run_id) DO UPDATE SET pinned = excluded.pinned, "
+                            "promoted_at = excluded.promoted_at, note = excluded.note"),
+                       {**key, "r": run_id, "p": int(pinned), "t": _now(), "n": note})
 
     def unpin(self, suite: str, device: str, variant: str) -> None:
         """Back to the default baseline (the last passing run on the main line)."""
-        with closing(self._connect()) as db, db:
-            db.execute("UPDATE baselines SET pinned = 0 WHERE suite = ? AND device = ? AND variant = ?",
-                       (suite, device, variant))
+        with self._write() as db:
+            db.execute(text(f"UPDATE baselines SET pinned = 0 WHERE {_KEY}"), {"s": suite, "d": device, "v": variant})
 
     def pinned(self, suite: str, device: str, variant: str) -> str | None:
         """The run pinned as baseline for suite/device/variant, if any."""
-        with closing(self._connect()) as db:
-            row = db.execute("SELECT run_id FROM baselines WHERE suite = ? AND device = ? AND variant = ? AND pinned = 1 "
-                             "ORDER BY promoted_at DESC LIMIT 1", (suite, device, variant)).fetchone()
+        with self._read() as db:
+            row = db.execute(text(f"SELECT run_id FROM baselines WHERE {_KEY} AND pinned = 1 "
+                                  "ORDER BY promoted_at DESC LIMIT 1"), {"s": suite, "d": device, "v": variant}).fetchone()
         return None if row is None else row[0]
 
     def passing_runs(self, suite: str, device: str, variant: str) -> pd.DataFrame:
@@ -222,16 +249,18 @@ class HistoryStore:
         git_commit, branch; ``ok``: every verdict passed (a variant expected to be blocked,
         ``expect: {blocked: ...}``, counts as passing when it was blocked as expected);
         ``inconclusive``: a verdict was; ``excluded``: why the run may not be a baseline (None: it
-        may): a disturbed measurement, an injected slowdown, a lost lease, or "inconclusive"."""
+        may): a disturbed measurement, an injected slowdown, a lost lease, "inconclusive", or a run
+        not finished (still being written, or it crashed): half a run is never a baseline."""
         query = ("SELECT r.run_id, r.started_at, r.git_commit, r.branch, "
-                 "MIN(v.passed = 1 OR (v.verdict = 'blocked' AND v.expected IS NOT NULL)) AS ok, "
-                 "MAX(v.verdict = 'inconclusive') AS inconclusive, "
-                 "MAX(COALESCE(v.baseline_excluded, CASE WHEN v.verdict = 'inconclusive' THEN 'inconclusive' END)) "
+                 "MIN(CASE WHEN v.passed = 1 OR (v.verdict = 'blocked' AND v.expected IS NOT NULL) THEN 1 ELSE 0 END) "
+                 "AS ok, MAX(CASE WHEN v.verdict = 'inconclusive' THEN 1 ELSE 0 END) AS inconclusive, "
+                 "MAX(COALESCE(v.baseline_excluded, CASE WHEN v.verdict = 'inconclusive' THEN 'inconclusive' END, "
+                 f"CASE WHEN r.finished_at IS NULL THEN '{NOT_FINISHED}' END)) "
                  "AS excluded FROM runs r JOIN verdicts v ON v.run_id = r.run_id "
-                 "WHERE v.suite = ? AND v.device = ? AND v.variant = ? GROUP BY r.run_id "
-                 "ORDER BY r.started_at DESC, r.rowid DESC")
-        with closing(self._connect()) as db:
-            return pd.read_sql_query(query, db, params=(suite, device, variant))
+                 "WHERE v.suite = :s AND v.device = :d AND v.variant = :v "
+                 "GROUP BY r.run_id, r.started_at, r.git_commit, r.branch ORDER BY r.started_at DESC, r.run_id DESC")
+        with self._read() as db:
+            return pd.read_sql_query(text(query), db, params={"s": suite, "d": device, "v": variant})
 
     def export(self, path: Path, table: str = "results", run_id: str | None = None) -> Path:
         """Write a table (optionally one run's rows) to ``.csv`` or ``.parquet``; atomically, so a
@@ -270,11 +299,11 @@ def _versioned(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _check_row_versions(path: Path, table: str, frame: pd.DataFrame) -> None:
+def _check_row_versions(label: str, table: str, frame: pd.DataFrame) -> None:
     versions = set(frame.schema_version.dropna().astype(int)) - {RESULT_SCHEMA_VERSION}
     if versions:
         raise StoreError(
-            f"{path}: {table} rows of schema version {', '.join(map(str, sorted(versions)))} are not ones this "
+            f"{label}: {table} rows of schema version {', '.join(map(str, sorted(versions)))} are not ones this "
             f"EdgeGate reads ({RESULT_SCHEMA_VERSION}); upgrade EdgeGate (pip install -U edgegate) to read this history"
         )
 
@@ -297,6 +326,13 @@ def decode_value(value: Any) -> float | None:
         return None
     number = float(value)
     return None if math.isnan(number) else number
+
+
+def _plain(value: Any) -> Any:
+    """A pandas cell as the database takes it: NaN and NaT as NULL, numpy scalars as Python's."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT:
+        return None
+    return value.item() if hasattr(value, "item") else value
 
 
 def _cell(value: Any) -> Any:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from edgegate.errors import ConfigError
+from edgegate.store_sql import history_location
 from edgegate.profiles import load_profile, registered_profiles
 
 DEFAULT_DEVICE = "local"
@@ -28,8 +29,10 @@ def add_options(addoption: Callable[..., Any], prefix: str = "--edgegate-") -> N
                    "else 1800; 0 fails at once, naming the holder)")
     addoption(f"{prefix}profiles", dest="edgegate_profiles", metavar="DIR", default=None,
               help="folder of device profiles (default: <rootdir>/device_profiles)")
-    addoption(f"{prefix}history", dest="edgegate_history", metavar="FILE", default=None,
-              help="history store (default: <rootdir>/reports/history.sqlite)")
+    addoption(f"{prefix}history", dest="edgegate_history", metavar="FILE_OR_URL", default=None,
+              help="history store: a SQLite file or a postgresql://user@host/db URL shared by several machines "
+                   "(default: $EDGEGATE_HISTORY, else <rootdir>/reports/history.sqlite; keep a password in "
+                   "the environment variable, never on the command line)")
     addoption(f"{prefix}reports", dest="edgegate_reports", metavar="DIR", default=None,
               help="where HTML reports go (default: <rootdir>/reports)")
     addoption(f"{prefix}cache", dest="edgegate_cache", metavar="DIR", default=None,
@@ -57,7 +60,7 @@ def add_options(addoption: Callable[..., Any], prefix: str = "--edgegate-") -> N
 class Settings:
     devices: tuple[str, ...]
     profiles_dir: Path
-    history: Path
+    history: Path | str  # a SQLite file, or a PostgreSQL URL
     reports_dir: Path
     cache_dir: Path
     rootdir: Path
@@ -80,7 +83,7 @@ def settings_from(getoption: Callable[[str], Any], rootdir: Path) -> Settings:
     return Settings(
         devices=resolve_devices(getoption("edgegate_devices") or [DEFAULT_DEVICE], profiles_dir),
         profiles_dir=profiles_dir,
-        history=path("edgegate_history", rootdir / "reports" / "history.sqlite"),
+        history=history_location(getoption("edgegate_history"), rootdir / "reports" / "history.sqlite"),
         reports_dir=path("edgegate_reports", rootdir / "reports"),
         cache_dir=path("edgegate_cache", cache_default.expanduser()),
         rootdir=rootdir,

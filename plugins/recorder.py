@@ -83,7 +83,7 @@ class Recorder:
             self.report = render_run(self.store, self.run_id, self.settings.reports_dir, self.settings.templates)
         except Exception as exc:  # noqa: BLE001 - the history is safe; say so instead of a traceback
             self.report_error = (f"could not write the report ({type(exc).__name__}: {exc}); every result is in "
-                                 f"{self.settings.history}: re-render with `edgegate report {self.run_id}`")
+                                 f"{self.store.label}: re-render with `edgegate report {self.run_id}`")
 
     def _facts(self) -> dict[str, Any]:
         devices = {name: {k: v for k, v in report.facts.items() if k not in BULKY_FACTS}
@@ -106,7 +106,7 @@ class Recorder:
         if not self._started:
             return
         terminalreporter.section("EdgeGate")
-        terminalreporter.write_line(f"run {self.run_id}; history: {self.settings.history}")
+        terminalreporter.write_line(f"run {self.run_id}; history: {self.store.label}")
         counts = self._verdict_counts()
         if counts:
             terminalreporter.write_line("verdicts: " + ", ".join(f"{count} {name}" for name, count in counts.items()),

@@ -172,7 +172,8 @@ def test_version_1_history_is_migrated_in_place(tmp_path: Path) -> None:
         db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
         for table, columns in V1_TABLES.items():
             db.execute(f"CREATE TABLE {table} ({columns})")
-        db.execute("INSERT INTO runs (run_id, started_at, git_commit) VALUES ('v1run', '2025-12-31T00:00:00Z', 'abc')")
+        db.execute("INSERT INTO runs (run_id, started_at, finished_at, git_commit) "
+                       "VALUES ('v1run', '2025-12-31T00:00:00Z', '2025-12-31T00:10:00Z', 'abc')")
         db.execute("INSERT INTO verdicts VALUES ('v1run', 't', 'tiny', 'local', 'int4', 1, '[]', NULL, 1)")
     store = HistoryStore(path)
     runs = store.frame("runs")

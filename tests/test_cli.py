@@ -38,6 +38,7 @@ def test_baseline_pin_wins_then_unpin_returns_to_last_passing(tmp_path: Path) ->
         store.start_run(RunInfo(run_id, started, "abc", ("s",), ("local",), {}, branch="main"))
         store.append_verdict({"run_id": run_id, "time": started, "suite": "s", "device": "local",
                               "variant": "int4", "passed": True})
+        store.finish_run(run_id, started, 0)
     history = ["--history", str(tmp_path / "h.sqlite")]
     lines: list[str] = []
     main_args = ["baseline", "show", "s", "local", "int4", *history]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..baselines import find_baseline
 from ..store import HistoryStore
+from ..store_sql import add_history_argument, history_location
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -17,13 +18,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("device")
     parser.add_argument("variant")
     parser.add_argument("run_id", nargs="?", help="the run to promote or pin (promote/pin)")
-    parser.add_argument("--history", type=Path, default=Path("reports/history.sqlite"))
+    add_history_argument(parser)
     parser.add_argument("--note", default="")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace, out: Callable[[str], None] = print) -> int:
-    store = HistoryStore(args.history)
+    store = HistoryStore(history_location(args.history, Path("reports/history.sqlite")))
     key = (args.suite, args.device, args.variant)
     if args.action in ("promote", "pin"):
         if not args.run_id:

@@ -25,6 +25,7 @@ from ..regression import (
     relative_change,
 )
 from ..store import HistoryStore, decode_samples, decode_value
+from ..store_sql import add_history_argument, history_location
 
 # Catalogued metrics without a default rule (load_ms, power_w, ...) are shown better/worse/same
 # but never "regressed": nobody decided how much worse they may get.
@@ -37,7 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("compare", help="compare the metrics of two runs (A = baseline, B = new)")
     parser.add_argument("run_a", help="baseline run id")
     parser.add_argument("run_b", help="run id to judge against A")
-    parser.add_argument("--history", type=Path, default=Path("reports/history.sqlite"))
+    add_history_argument(parser)
     parser.add_argument("--device", help="only this device")
     parser.add_argument("--suite", help="only this suite")
     parser.set_defaults(handler=run)
@@ -45,13 +46,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, out: Callable[[str], None] = print) -> int:
     """Print the table; 0 whatever it shows (gating is the test session's job, not this one's)."""
-    if not args.history.exists():
-        raise StoreError(f"{args.history}: no history here; run a suite first or pass --history")
-    store = HistoryStore(args.history)
+    location = history_location(args.history, Path("reports/history.sqlite"))
+    if isinstance(location, Path) and not location.exists():
+        raise StoreError(f"{location}: no history here; run a suite first or pass --history")
+    store = HistoryStore(location)
     for run_id in (args.run_a, args.run_b):
         store.require_run(run_id)
     table = compare_runs(store, args.run_a, args.run_b, args.suite, args.device)
-    out(f"A = {args.run_a}   B = {args.run_b}   ({args.history})")
+    out(f"A = {args.run_a}   B = {args.run_b}   ({store.label})")
     if table.empty:
         out("no metric was measured in both runs" + _filters(args))
         return 0
