@@ -61,6 +61,7 @@ _MIGRATIONS: dict[int, tuple[tuple[str, str], ...]] = {
     4: (("verdicts", "unsupported TEXT"),),
 }
 RESULT_COLUMNS = [c.split()[0] for c in _TABLES["results"].split(", ")]
+TABLES = tuple(_TABLES)
 _KEY = "suite = :s AND device = :d AND variant = :v"
 NOT_FINISHED = "not finished (still being written, or it stopped before the end)"
 
@@ -149,8 +150,7 @@ class HistoryStore:
     def append_results(self, rows: Iterable[dict[str, Any]]) -> None:
         """Rows without ``schema_version`` get the current one; a row of another version is refused."""
         records = [{col: _cell(row.get(col)) for col in RESULT_COLUMNS} for row in map(_versioned, rows)]
-        if records:
-            self._insert("results", records)
+        self._insert("results", records)
 
     def append_verdict(self, row: dict[str, Any]) -> None:
         """One item's verdict; ``verdict`` defaults to ship/blocked from ``passed`` (error with an error)."""
@@ -167,19 +167,37 @@ class HistoryStore:
         self._insert("artifacts", [{"run_id": run_id, "suite": suite, "variant": variant, "recipe": recipe,
                                     "key": key, "manifest": json.dumps(manifest)}])
 
-    def append_rows(self, table: str, frame: pd.DataFrame) -> int:
-        """Rows of ``table`` as exported (``edgegate history import``), in one transaction; their count."""
-        if table not in _TABLES:
-            raise StoreError(f"no table {table!r} in the history; tables: {', '.join(_TABLES)}")
-        wanted = [c for c in _columns(table) if c in frame.columns]
-        records = [{c: _plain(v) for c, v in zip(wanted, values)} for values in frame[wanted].itertuples(index=False)]
-        if records:
-            self._insert(table, records)
-        return len(records)
+    def append_tables(self, frames: dict[str, pd.DataFrame]) -> dict[str, int]:
+        """Rows of several tables as another history holds them (``edgegate history import``), all in
+        one transaction: nothing is added when any row is refused (a run id already here). Returns
+        the rows now in each table, so the caller can check what arrived."""
+        unknown = set(frames) - set(_TABLES)
+        if unknown:
+            raise StoreError(f"no table {', '.join(sorted(unknown))} in the history; tables: {', '.join(_TABLES)}")
+        try:
+            with self._write() as db:
+                for table in (t for t in _TABLES if t in frames):  # runs first
+                    wanted = [c for c in _columns(table) if c in frames[table].columns]
+                    records = [{c: _plain(v) for c, v in zip(wanted, row)}
+                               for row in frames[table][wanted].itertuples(index=False)]
+                    self._insert(table, records, db)
+        except store_sql.INTEGRITY_ERRORS as exc:
+            raise StoreError(f"{self.label}: nothing imported: {store_sql.reason(exc)}") from None
+        return self.counts()
 
-    def _insert(self, table: str, records: list[dict[str, Any]]) -> None:
+    def counts(self) -> dict[str, int]:
+        """How many rows each table holds."""
+        with self._read() as db:
+            return {table: int(db.execute(text(f"SELECT COUNT(*) FROM {table}")).scalar_one()) for table in _TABLES}
+
+    def _insert(self, table: str, records: list[dict[str, Any]], db: Any = None) -> None:
+        if not records:
+            return
         columns = list(records[0])
         statement = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(':' + c for c in columns)})"
+        if db is not None:
+            db.execute(text(statement), records)
+            return
         with self._write() as db:
             db.execute(text(statement), records)
 

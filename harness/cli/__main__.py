@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import EdgeGateError
-from . import baseline, compare, devices, report, variants
+from . import baseline, compare, devices, history, report, variants
 
 
 def parser() -> argparse.ArgumentParser:
@@ -17,6 +17,7 @@ def parser() -> argparse.ArgumentParser:
     compare.add_parser(subparsers)
     baseline.add_parser(subparsers)
     variants.add_parser(subparsers)
+    history.add_parser(subparsers)
     return top
 
 
