@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 
 from . import store_sql
 from .errors import StoreError
@@ -49,6 +49,14 @@ _TABLES = {
     "artifacts": "run_id TEXT, suite TEXT, variant TEXT, recipe TEXT, key TEXT, manifest TEXT",
     "baselines": "suite TEXT, device TEXT, variant TEXT, run_id TEXT, pinned INTEGER, promoted_at TEXT, note TEXT, "
                  "UNIQUE (suite, device, variant, run_id)",
+}
+# What readers look rows up by (a run's rows, a variant's verdicts): made on every open, if missing.
+_INDEXES = {
+    "results_run": "results (run_id, metric)",
+    "verdicts_run": "verdicts (run_id)",
+    "verdicts_variant": "verdicts (suite, device, variant)",
+    "artifacts_run": "artifacts (run_id)",
+    "runs_started": "runs (started_at)",
 }
 # From version N to N + 1, as (table, column) to add; run in the same transaction as the version bump,
 # after every table exists.
@@ -111,6 +119,8 @@ class HistoryStore:
             for table, column in _MIGRATIONS[step]:
                 if column.split()[0] not in store_sql.column_names(db, table):
                     db.execute(text(f"ALTER TABLE {table} ADD COLUMN {store_sql.column_types(column, db)}"))
+        for name, on in _INDEXES.items():
+            db.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON {on}"))
         if row is None or version != SCHEMA_VERSION:
             db.execute(text("DELETE FROM meta WHERE key = 'schema_version'"))
             db.execute(text("INSERT INTO meta VALUES ('schema_version', :v)"), {"v": str(SCHEMA_VERSION)})
@@ -201,20 +211,31 @@ class HistoryStore:
         with self._write() as db:
             db.execute(text(statement), records)
 
-    def frame(self, table: str, run_id: str | None = None, *, where: dict[str, Any] | None = None) -> pd.DataFrame:
-        """A table as a DataFrame, optionally only one run's rows (and rows whose columns equal ``where``).
+    def frame(self, table: str, run_id: str | None = None, *, where: dict[str, Any] | None = None,
+              within: dict[str, Iterable[Any]] | None = None, columns: Iterable[str] | None = None) -> pd.DataFrame:
+        """A table as a DataFrame: optionally only one run's rows, rows whose columns equal ``where``
+        and whose columns are among ``within``'s values, and only ``columns`` (a reader that shows
+        a few runs reads those runs, not the history: the time stays flat as the history grows).
 
         Results and verdicts rows of a row schema this EdgeGate does not know are refused, not misread.
         """
         if table not in _TABLES:
             raise StoreError(f"no table {table!r} in the history; tables: {', '.join(_TABLES)}")
         conditions = {**({"run_id": run_id} if run_id else {}), **(where or {})}
-        unknown = set(conditions) - set(_columns(table))
+        ranges = {name: sorted(set(values)) for name, values in (within or {}).items()}
+        chosen = list(columns) if columns is not None else ["*"]
+        if "*" not in chosen and "schema_version" in _columns(table):
+            chosen.append("schema_version")
+        unknown = (set(conditions) | set(ranges) | set(chosen)) - set(_columns(table)) - {"*"}
         if unknown:
             raise StoreError(f"table {table!r} has no column {', '.join(sorted(unknown))}")
-        query = f"SELECT * FROM {table}" + (" WHERE " + " AND ".join(f"{c} = :{c}" for c in conditions) if conditions else "")
+        clauses = [f"{c} = :{c}" for c in conditions] + [f"{c} IN :in_{c}" for c in ranges]
+        query = text(f"SELECT {', '.join(chosen)} FROM {table}" + (" WHERE " + " AND ".join(clauses) if clauses else ""))
+        if ranges:
+            query = query.bindparams(*(bindparam(f"in_{c}", expanding=True) for c in ranges))
+        params = {**conditions, **{f"in_{c}": values for c, values in ranges.items()}}
         with self._read() as db:
-            frame = pd.read_sql_query(text(query), db, params=conditions or None)
+            frame = pd.read_sql_query(query, db, params=params or None)
         if "schema_version" in frame.columns:
             _check_row_versions(self.label, table, frame)
         return frame

@@ -26,7 +26,7 @@ def run(args: argparse.Namespace, out: Callable[[str], None] = print) -> int:
     if isinstance(location, Path) and not location.exists():
         raise StoreError(f"{location}: no history here; run a suite first or pass --history")
     store = HistoryStore(location)
-    runs = store.frame("runs").sort_values("started_at")
+    runs = store.frame("runs", columns=("run_id", "started_at")).sort_values("started_at")
     run_id = args.run_id or (runs.run_id.iloc[-1] if len(runs) else None)
     if run_id is None or run_id not in set(runs.run_id):
         raise StoreError(f"{store.label}: no run {run_id!r}; known: {', '.join(runs.run_id[-5:]) or 'none'}")

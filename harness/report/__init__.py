@@ -25,8 +25,10 @@ COLUMNS = ("size_mb", "ttft_ms", "prefill_tok_s", "decode_ms", "decode_tok_s", "
 DETAIL_COLUMNS = tuple(name for name in METRICS if name not in COLUMNS)
 TREND_METRICS = ("decode_ms", "perplexity")
 TREND_RUNS = 20  # how many runs of the history the trend charts show
+ARCHITECTURE_RUNS = 50  # how far back "Accuracy by architecture" looks for each device's newest run
 CHANGE_NOISE = 0.01  # relative changes below this are shown grey: neither better nor worse
 KEY = ["suite", "device", "variant"]
+VALUE_COLUMNS = (*KEY, "run_id", "metric", "value")  # what trends and baselines read: no samples
 UNSUPPORTED = "unsupported on this device"
 
 
@@ -56,12 +58,13 @@ def render_run(store: HistoryStore, run_id: str, out_dir: Path, template_dir: Pa
 
 
 def run_context(store: HistoryStore, run_id: str) -> dict[str, Any]:
-    runs = store.frame("runs")
-    history = store.frame("results")  # the whole history, read once: the run, its baselines and the trends
-    results = history[history.run_id == run_id].reset_index(drop=True)
+    """What the page shows, read for what it shows: this run's rows, its baselines' values and the
+    trend window's, never the whole history (the render time stays flat as the history grows)."""
+    runs = store.frame("runs", columns=("run_id", "started_at"))
+    results = store.frame("results", run_id)
     verdicts = store.frame("verdicts", run_id)
     artifacts = store.frame("artifacts", run_id)
-    mine = runs[runs.run_id == run_id]
+    mine = store.frame("runs", run_id)
     run = mine.iloc[0].to_dict() if len(mine) else {"run_id": run_id, "suites": "[]", "devices": "[]"}
     run["suite_names"] = ", ".join(Path(p).name for p in json.loads(run.get("suites") or "[]"))
     environment = json.loads(run.get("environment") or "{}")
@@ -69,7 +72,9 @@ def run_context(store: HistoryStore, run_id: str) -> dict[str, Any]:
     baselines = environment.get("baselines") or {}
     baseline_runs = {tuple(key.split("/", 2)): choice["run_id"] for key, choice in baselines.items()
                      if choice and choice.get("run_id") and len(key.split("/", 2)) == 3}
-    rows = _rows(results, verdicts, _baseline_values(history, baseline_runs))
+    values = store.frame("results", within={"run_id": set(baseline_runs.values())}, columns=VALUE_COLUMNS) \
+        if baseline_runs else results.iloc[0:0]
+    rows = _rows(results, verdicts, _baseline_values(values, baseline_runs))
     limits = json.loads(run.get("environment") or "{}").get("limits", {})
     measured = set(results.metric)  # an LLM run shows no encoder columns, and the other way round
     for row in rows:
@@ -93,12 +98,23 @@ def run_context(store: HistoryStore, run_id: str) -> dict[str, Any]:
         "overall": _overall(rows),
         "breaches": [r for r in rows if r["breaches"] or r["error"]],
         "manifests": _manifests(artifacts),
-        "charts": _charts(results, history, runs, run_id, baseline_runs),
-        "architectures": architectures.sections(history, runs, run_id),
+        "charts": _charts(results, store.frame("results", within={"run_id": _window(runs, run_id),
+                          "metric": TREND_METRICS}, columns=VALUE_COLUMNS), runs, run_id, baseline_runs),
+        "architectures": _architectures(store, runs, run_id),
         "unsupported": [r for r in rows if r["status"] == UNSUPPORTED],
         "runtimes": runtimes.sections(results, artifacts, {(r["suite"], r["device"], r["variant"]): r["status"]
                                                            for r in rows}, environment),
     }
+
+
+def _architectures(store: HistoryStore, runs: pd.DataFrame, run_id: str) -> list[dict[str, Any]]:
+    """Accuracy per architecture over the last ARCHITECTURE_RUNS runs (each device's newest there)."""
+    recent = _window(runs, run_id, ARCHITECTURE_RUNS)
+    accuracy = store.frame("results", within={"run_id": recent, "metric": architectures.ACCURACY},
+                           columns=VALUE_COLUMNS)
+    described = store.frame("runs", within={"run_id": set(accuracy.run_id) | {run_id}},
+                            columns=("run_id", "started_at", "environment"))
+    return architectures.sections(accuracy, described, run_id)
 
 
 def _with_architecture(device: str, environment: dict[str, Any]) -> str:
@@ -233,12 +249,12 @@ def _item(heading: str, svg: Markup) -> dict[str, Any]:
     return {"heading": heading, "svg": svg}
 
 
-def _window(runs: pd.DataFrame, run_id: str) -> list[str]:
-    """The last TREND_RUNS run ids up to and including ``run_id``, oldest first."""
+def _window(runs: pd.DataFrame, run_id: str, size: int = TREND_RUNS) -> list[str]:
+    """The last ``size`` run ids up to and including ``run_id``, oldest first."""
     ordered = runs.sort_values("started_at", kind="stable").run_id.tolist() if len(runs) else []
     if run_id not in ordered:
-        return (ordered + [run_id])[-TREND_RUNS:]
-    return ordered[:ordered.index(run_id) + 1][-TREND_RUNS:]
+        return (ordered + [run_id])[-size:]
+    return ordered[:ordered.index(run_id) + 1][-size:]
 
 
 def _cell(record: dict[str, Any] | None, baseline: float | None = None, metric: str = "") -> Cell:
