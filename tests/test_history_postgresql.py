@@ -155,3 +155,47 @@ def test_a_history_moves_from_sqlite_to_postgresql_and_back_with_every_count_che
 class _NoBarrier:
     def wait(self) -> None:
         return None
+
+
+@pytest.mark.slow
+def test_two_sessions_on_one_device_from_two_machines_share_the_history_and_take_turns(
+        tiny_project: Path, shared_cache: Path, pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Two pytest sessions (two "CI machines": separate processes, report folders and build caches)
+    gate the same namespace SSH device at once into one PostgreSQL history: the device's lease makes
+    their measurements take turns, and both runs keep every result."""
+    import os
+    import subprocess
+    import sys
+
+    sshdevices = pytest.importorskip("sshdevices")
+    from edgegate.devicesetup import setup_device
+    from edgegate.lease import held_intervals, lease_log
+    from edgegate.profiles import load_profile
+    from edgegate.transport.ssh import SshTransport
+
+    _empty(pg_url)
+    with sshdevices.SshDeviceFarm(tmp_path_factory.mktemp("shared"), prefix=f"egq{os.getpid() % 10000}") as farm:
+        if not farm.uses_namespaces:
+            pytest.skip("needs root and `ip netns` for a namespace device")
+        profile = tiny_project / "device_profiles" / "bench.yaml"
+        profile.write_text(farm.start("bench").profile_yaml())
+        transport = SshTransport(load_profile(profile), command_timeout_s=300)
+        assert setup_device("bench", transport, tmp_path_factory.mktemp("wheels"), log=lambda _: None).ready
+        caches = [shared_cache, tmp_path_factory.mktemp("cache-b")]  # the second machine builds its own
+        sessions = [subprocess.Popen(
+            [sys.executable, "-m", "pytest", "suites/", "--device", "bench", "--edgegate-cache", str(cache),
+             "--edgegate-reports", str(tiny_project / f"reports-{i}"), "-p", "no:cacheprovider", "-q"],
+            cwd=tiny_project, env={**os.environ, "EDGEGATE_HISTORY": pg_url}, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True) for i, cache in enumerate(caches)]
+        outputs = [session.communicate(timeout=900)[0] for session in sessions]
+        assert [s.returncode for s in sessions] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+        log = lease_log("bench", transport)[0]
+        transport.close()
+    store = HistoryStore(pg_url)
+    runs = set(store.frame("runs").run_id)
+    results = store.frame("results", columns=("run_id", "variant", "metric"))
+    per_run = results.groupby("run_id").size().to_dict()
+    assert len(runs) == 2 and set(per_run) == runs and len(set(per_run.values())) == 1, per_run
+    spans = sorted((start, end, owner.rsplit(" ", 1)[-1]) for owner, start, end in held_intervals(log))
+    assert {run for *_, run in spans} == runs and all(end is not None for _, end, _ in spans)
+    assert all(spans[i][1] <= spans[i + 1][0] for i in range(len(spans) - 1)), spans  # never two at once
