@@ -62,7 +62,7 @@ def main() -> int:
         profiles, devices = start_fleet(farm, args.devices, quota, scratch)
         project, target, cache = prepare_suite(args.suite, scratch)
         base = [sys.executable, "-m", "pytest", target, "--no-gate", "-p", "no:cacheprovider", "-q",
-                "--edgegate-profiles", str(profiles), "--edgegate-history", str(scratch / "history.sqlite"),
+                "--edgegate-profiles", str(profiles), "--edgegate-history", args.history or str(scratch / "history.sqlite"),
                 "--edgegate-reports", str(scratch / "reports"), *(["--edgegate-cache", str(cache)] if cache else [])]
         fleet_command = base + ["--device", f"tag:{TAG}", "-n", str(args.devices)]
         print("warm-up on the whole fleet (builds what the cache lacks, deploys to every device; not timed) ...",
@@ -79,6 +79,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=8, help="fleet size (default 8)")
     parser.add_argument("--quota", type=float, default=None, help="CPU cores per device (default: cores / devices)")
+    parser.add_argument("--history", default=None, metavar="FILE_OR_URL",
+                        help="keep the runs in this history (default: a temporary one), e.g. to read re-measures")
     parser.add_argument("--with-n1", action="store_true", help="also time d0 alone under `-n 1` (xdist's own cost)")
     parser.add_argument("--suite", default=str(ROOT / "suites" / "suite_smollm2.yaml"),
                         help="suite file, or 'tiny' for the tests' tiny model (a smoke test of this script)")
