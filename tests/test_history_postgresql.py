@@ -15,8 +15,6 @@ from edgegate.baselines import find_baseline
 from edgegate.store import HistoryStore, RunInfo
 
 pgserver = pytest.importorskip("pgserver")
-if pgserver.unavailable():
-    pytest.skip(pgserver.unavailable() or "", allow_module_level=True)
 
 PASSWORD = "tonight-Secret-4242"
 WRITERS, RUNS_EACH, METRICS = 4, 20, 10
@@ -24,6 +22,8 @@ WRITERS, RUNS_EACH, METRICS = 4, 20, 10
 
 @pytest.fixture(scope="module")
 def pg_url():
+    if pgserver.unavailable():  # the SQLite halves still run
+        pytest.skip(pgserver.unavailable() or "")
     with pgserver.server(PASSWORD) as url:
         yield url
 
