@@ -199,3 +199,27 @@ def test_two_sessions_on_one_device_from_two_machines_share_the_history_and_take
     spans = sorted((start, end, owner.rsplit(" ", 1)[-1]) for owner, start, end in held_intervals(log))
     assert {run for *_, run in spans} == runs and all(end is not None for _, end, _ in spans)
     assert all(spans[i][1] <= spans[i + 1][0] for i in range(len(spans) - 1)), spans  # never two at once
+
+
+@pytest.mark.slow
+def test_xdist_workers_write_one_run_into_postgresql(pytester: pytest.Pytester, tiny_project: Path,
+                                                     shared_cache: Path, pg_url: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("xdist")
+    from conftest import LOCAL_PROFILE
+
+    _empty(pg_url)
+    for name in ("lab1", "lab2"):  # two local devices, each its own work dir (and lease)
+        text = LOCAL_PROFILE.format(work_dir=tiny_project / f"work-{name}").replace("name: local", f"name: {name}")
+        (tiny_project / "device_profiles" / f"{name}.yaml").write_text(text)
+    monkeypatch.setenv("EDGEGATE_HISTORY", pg_url)
+    result = pytester.runpytest_subprocess("suites/", "--device", "lab1", "--device", "lab2", "-n", "2",
+                                           "--edgegate-cache", str(shared_cache), "-p", "no:cacheprovider",
+                                           timeout=600)
+    result.assert_outcomes(passed=6)
+    store = HistoryStore(pg_url)
+    runs = store.frame("runs")
+    assert len(runs) == 1 and runs.finished_at.notna().all()
+    verdicts = store.frame("verdicts")
+    assert len(verdicts) == 6 and set(verdicts.run_id) == set(runs.run_id) and set(verdicts.device) == {"lab1", "lab2"}
+    assert set(json.loads(runs.environment.iloc[0])["devices"]) == {"lab1", "lab2"}  # both workers' facts arrived
