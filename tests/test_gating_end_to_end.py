@@ -180,5 +180,10 @@ def test_a_device_slowed_by_a_cpu_quota_regresses_it_is_not_contention(
     finally:
         group.rmdir()
     assert throttled.ret == 1 and "inconclusive" not in throttled.stdout.str()
-    throttled.stdout.fnmatch_lines(["*decode_ms regressed: * ms (+*%, limit +60%), Mann-Whitney U p=* < 0.01 over * "
-                                    "rounds of 16 steps vs * rounds of 16 steps vs baseline *"])
+    # prefill is one long call: a 1 ms-per-5 ms quota always stretches it. A decode step shorter than
+    # the 1 ms budget can run unthrottled, so decode regresses only where its steps are longer (seen:
+    # +25% at 1.5 ms steps on a fast CPU, under the +60% rule); when it does, it is judged per round.
+    throttled.stdout.fnmatch_lines(["*prefill_ms regressed: * ms (+*%, limit +60%), Mann-Whitney U p=* < 0.01 over "
+                                    "40 calls vs 40 calls vs baseline *"])
+    decode = [line for line in throttled.stdout.lines if "decode_ms regressed" in line]
+    assert all("rounds of 16 steps vs" in line for line in decode), decode
