@@ -71,6 +71,7 @@ _MIGRATIONS: dict[int, tuple[tuple[str, str], ...]] = {
 RESULT_COLUMNS = [c.split()[0] for c in _TABLES["results"].split(", ")]
 TABLES = tuple(_TABLES)
 _KEY = "suite = :s AND device = :d AND variant = :v"
+OPEN_TIMEOUT_S = 60.0
 NOT_FINISHED = "not finished (still being written, or it stopped before the end)"
 
 
@@ -97,11 +98,18 @@ class HistoryStore:
     def __init__(self, location: Path | str) -> None:
         self.engine, self.label = store_sql.open_engine(location)
         self.path = Path(location) if self.engine.dialect.name == "sqlite" else None
-        try:
-            with store_sql.schema_lock(self.engine) as db:
-                self._prepare(db)
-        except store_sql.DB_ERRORS as exc:
-            raise StoreError(f"{self.label}: cannot open the history: {store_sql.reason(exc)}") from None
+        deadline = time.monotonic() + OPEN_TIMEOUT_S
+        while True:
+            try:
+                with store_sql.schema_lock(self.engine) as db:
+                    self._prepare(db)
+                return
+            except store_sql.DB_ERRORS as exc:
+                # SQLite answers "locked" at once, without its busy wait, when processes open a new
+                # file together (one turning it to WAL): the check is idempotent, so try again
+                if not store_sql.is_locked(exc) or time.monotonic() > deadline:
+                    raise StoreError(f"{self.label}: cannot open the history: {store_sql.reason(exc)}") from None
+                time.sleep(0.05)
 
     def _prepare(self, db: Any) -> None:
         db.execute(text("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)"))

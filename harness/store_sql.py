@@ -108,6 +108,11 @@ def column_names(connection: Connection, table: str) -> set[str]:
     return {column["name"] for column in sqlalchemy.inspect(connection).get_columns(table)}
 
 
+def is_locked(exc: BaseException) -> bool:
+    """SQLite's "database is locked" (another process holds the file right now)."""
+    return "database is locked" in str(getattr(exc, "orig", None) or exc)
+
+
 def reason(exc: BaseException) -> str:
     """A database error in one line, without the SQL and parameters SQLAlchemy appends."""
     original = getattr(exc, "orig", None) or exc
