@@ -131,8 +131,9 @@ def probe(device: str, runner: CommandRunner, providers: tuple[str, ...] = (), t
         return DeviceReport(device, {}, (f"cannot run {python}: {why[0]}; install Python 3 on the device "
                                           f"or set `python:` in its profile",))
     facts = json.loads(result.stdout.strip().splitlines()[-1])
-    if runner_too_old(facts):
-        return DeviceReport(device, facts, (), (runner_too_old(facts) or "",))
+    too_old = runner_too_old(facts)
+    if too_old:
+        return DeviceReport(device, facts, (), (too_old,))
     problems = _problems(device, facts, providers) + _missing_runtimes(device, facts, runtimes or {})
     return DeviceReport(device, facts, tuple(problems), tuple(_warnings(facts, providers, threads)))
 

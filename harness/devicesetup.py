@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import devicecheck, runtimes
+from .runtimes import requirement_name
 from .deploy import deploy_tree
 from .devicecheck import RUNNER_NEEDS, DeviceReport
 from .errors import TransportError
@@ -38,7 +39,7 @@ class Plan:
     def without_deps(self) -> tuple[str, ...]:
         """The requirements installed without their declared dependencies (a runtime's export tooling)."""
         names = {name for needed in self.installed for name in needed.no_deps}
-        return tuple(r for r in self.requirements if _name(r) in names)
+        return tuple(r for r in self.requirements if requirement_name(r) in names)
 
     @property
     def with_deps(self) -> tuple[str, ...]:
@@ -70,12 +71,8 @@ def plan(backends: Iterable[str], python_version: str) -> Plan:
             refused[needed.label] = why
             continue
         installed.append(needed)
-        requirements += [r for r in needed.requires if r not in requirements and _name(r) not in requirements]
+        requirements += [r for r in needed.requires if r not in requirements and requirement_name(r) not in requirements]
     return Plan(tuple(requirements), tuple(installed), refused)
-
-
-def _name(requirement: str) -> str:
-    return requirement.split("=")[0].split("<")[0].split(">")[0].strip()
 
 
 def fetch_wheels(python_version: str, machine: str, libc: list[str], dest: Path,
@@ -102,8 +99,9 @@ def fetch_wheels(python_version: str, machine: str, libc: list[str], dest: Path,
             raise TransportError(_no_wheel(done.stderr, major_minor, machine, libc) or
                                  f"could not download wheels for python {major_minor} on {machine}: "
                                  f"{_pip_error(done.stderr)}")
-        if extra == [] and numpy_pin(dest.glob("*.whl")):  # the numpy that old onnxruntime was built for
-            subprocess.run(command + list(numpy_pin(dest.glob("*.whl"))), capture_output=True, check=True)
+        pin = numpy_pin(dest.glob("*.whl")) if not extra else ()
+        if pin and subprocess.run(command + list(pin), capture_output=True, check=False).returncode != 0:
+            raise TransportError(f"could not download {pin[0]} for python {major_minor} on {machine}")
     return sorted(dest.glob("*.whl"))
 
 
@@ -153,7 +151,7 @@ SOURCE_ONLY = ("llama-cpp-python",)  # PyPI has only its source: compiled for th
 
 
 def _split_source_builds(requirements: list[str]) -> tuple[list[str], list[str]]:
-    source = [r for r in requirements if _name(r) in SOURCE_ONLY]
+    source = [r for r in requirements if requirement_name(r) in SOURCE_ONLY]
     return [r for r in requirements if r not in source], source
 
 
@@ -179,7 +177,7 @@ def _build_here(requirement: str, major_minor: str, machine: str, dest: Path, cp
                              f"device: {_device_build_hint(requirement)}")
     flags = llama_cpp_build.host_cpu_flags() if cpu_flags is None else cpu_flags
     folder = dest / f"built-{hashlib.sha256(llama_cpp_build.cmake_args(flags).encode()).hexdigest()[:12]}"
-    built = sorted(folder.glob(f"{_name(requirement).replace('-', '_')}-*.whl"))
+    built = sorted(folder.glob(f"{requirement_name(requirement).replace('-', '_')}-*.whl"))
     wheel = built[-1] if built else llama_cpp_build.build_wheel(folder, flags)
     shutil.copy2(wheel, dest / wheel.name)  # one build per CPU's flags; the device gets its own
     return dest / wheel.name

@@ -61,16 +61,17 @@ def distributions() -> list[str]:
 
     names = {"onnxruntime", "onnxruntime-gpu"}
     for backend in backends._WHERE:
-        names.update(_name(r) for r in needs(backend).requires)
+        names.update(requirement_name(r) for r in needs(backend).requires)
     return sorted(names)
 
 
 def pinned(backend: str) -> dict[str, str]:
     """The exact versions a backend's ``REQUIRES`` pins (distribution -> version)."""
-    return {_name(r): r.split("==", 1)[1] for r in needs(backend).requires if "==" in r}
+    return {requirement_name(r): r.split("==", 1)[1] for r in needs(backend).requires if "==" in r}
 
 
-def _name(requirement: str) -> str:
+def requirement_name(requirement: str) -> str:
+    """The distribution a pip requirement names (``numpy<2`` -> ``numpy``)."""
     return requirement.split("=")[0].split("<")[0].split(">")[0].split("[")[0].strip()
 
 
