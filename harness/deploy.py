@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
+from . import progress
 from .errors import DeployError, TransportError
 from .variants.cache import file_sha256
 
@@ -51,15 +52,30 @@ def tree_digest(hashes: Mapping[str, str]) -> str:
 
 
 def deploy_tree(transport: FileTransport, files: Mapping[str, Path], kind: str,
-                hashes: Mapping[str, str] | None = None, attempts: int = 3) -> DeployResult:
-    """Make ``files`` (relative name -> local path) present under ``<work_dir>/<kind>/<digest>``."""
+                hashes: Mapping[str, str] | None = None, attempts: int = 3, label: str | None = None) -> DeployResult:
+    """Make ``files`` (relative name -> local path) present under ``<work_dir>/<kind>/<digest>``;
+    ``label`` (e.g. the variant's name) is what the progress bar and its result line call them."""
     known = dict(hashes) if hashes else {name: file_sha256(path) for name, path in files.items()}
     _check_names(known)
     target = transport.device_path(kind, tree_digest(known)[:32])
+    what = f"{label or kind} to {getattr(getattr(transport, 'profile', None), 'name', 'the device')}"
     if _verified(transport, target, known):
+        progress.say(f"{what}: already there, verified (0 bytes sent)", progress.DETAIL)
         return DeployResult(target, 0, 0, True, 0)
     if hashes:
         check_local_files(files, known)  # a damaged local copy would fail every attempt on the device
+    with progress.task("upload", what, total=sum(path.stat().st_size for path in files.values())) as upload:
+        result = _send_verified(transport, files, known, target, attempts)
+        rate = result.bytes_sent / max(upload.elapsed, 1e-6) / 1e6
+        again = f", {result.attempts} attempts" if result.attempts > 1 else ""
+        upload.finish(f"uploaded {what}: {result.bytes_sent / 1e6:.1f} MB in {upload.elapsed:.1f} s "
+                      f"({rate:.1f} MB/s{again})")
+    return result
+
+
+def _send_verified(transport: FileTransport, files: Mapping[str, Path], known: Mapping[str, str], target: str,
+                   attempts: int) -> DeployResult:
+    """Upload into a scratch folder, verify, publish; again when verification fails."""
     sent = 0
     for attempt in range(1, attempts + 1):
         scratch = f"{target}.tmp-{secrets.token_hex(4)}"

@@ -239,15 +239,19 @@ class DeviceLease:
 
 
 class Leases:
-    """A run's leases, one per device, each over its own connection (renewing never waits on a
-    measurement). A device found busy once fails the run's later measurements there at once."""
+    """A run's leases, one per device. ``connect`` gives the device's connection, which the run
+    also measures over (each command on a channel of its own, so renewing never waits on a
+    measurement); without it each lease opens its own. A device found busy once fails the run's
+    later measurements there at once."""
 
     def __init__(self, owner: str, wait_s: float | None = None, accept_new_host_keys: bool = False,
-                 log: Callable[[str], None] = lambda _: None) -> None:
+                 log: Callable[[str], None] = lambda _: None,
+                 connect: Callable[[DeviceProfile], Transport] | None = None) -> None:
         self.owner = owner
         self.wait_s = wait_s  # None: each profile's lease.wait_s
         self.accept_new_host_keys = accept_new_host_keys
         self.log = log
+        self._connect = connect
         self._leases: dict[str, DeviceLease] = {}
         self._busy: dict[str, DeviceBusy] = {}
 
@@ -269,14 +273,17 @@ class Leases:
 
     def _lease(self, device: DeviceProfile) -> DeviceLease:
         if device.name not in self._leases:
-            transport = open_transport(device, self.accept_new_host_keys)
-            self._leases[device.name] = DeviceLease(device.name, transport, self.owner, device.lease.ttl_s, self.log)
+            connect = self._connect or (lambda profile: open_transport(profile, self.accept_new_host_keys))
+            self._leases[device.name] = DeviceLease(device.name, connect(device), self.owner, device.lease.ttl_s,
+                                                    self.log)
         return self._leases[device.name]
 
     def close(self) -> None:
+        """Releases every lease; closes the connections only where the leases opened them."""
         for lease in self._leases.values():
             lease.release_quietly()
-            lease.transport.close()
+            if self._connect is None:
+                lease.transport.close()
         self._leases.clear()
 
 

@@ -38,6 +38,17 @@ _CATALOG = (
     MetricInfo("rank_spearman", "", "higher", "Spearman correlation of pair similarities with the reference's"),
     MetricInfo("gold_spearman", "", "higher", "Spearman correlation of pair similarities with the set's graded scores"),
     MetricInfo("embed_contention", "share", "lower", "CPU share used by other processes while timing embedding"),
+    MetricInfo("infer_ms", "ms", "lower", "latency of one run of a generic model on its inputs (median)"),
+    MetricInfo("infer_per_s", "items/s", "higher", "items (the inputs' leading dimension) inferred per second"),
+    MetricInfo("output_cosine_min", "", "higher",
+               "lowest cosine similarity of one item's output to the reference's, over every output"),
+    MetricInfo("output_top1_agreement", "", "higher",
+               "share of items whose top class matches the reference's (outputs shaped [N, C], C > 1; the lowest)"),
+    MetricInfo("output_max_abs_diff", "", "lower", "largest absolute difference of an output value from the reference's"),
+    MetricInfo("output_max_rel_diff", "", "lower",
+               "largest difference from the reference relative to its magnitude (floored at 1e-3 of the output's largest)"),
+    MetricInfo("energy_per_infer_j", "J", "lower", "energy per run of a generic model on its inputs"),
+    MetricInfo("infer_contention", "share", "lower", "CPU share used by other processes while timing inference"),
     MetricInfo("ttft_ms", "ms", "lower", "time to first token: prefill call plus picking the token (median)"),
     MetricInfo("roofline_fraction", "", "higher", "decode tok/s as a share of the memory-bandwidth ceiling"),
     MetricInfo("decode_ceiling_tok_s", "tok/s", "higher", "memory bandwidth / weight bytes read per token"),
@@ -59,13 +70,16 @@ METRICS: dict[str, MetricInfo] = {info.name: info for info in _CATALOG}
 # its suite does not measure does not apply to that suite.
 _ENCODER_ONLY = frozenset({"embed_ms", "sentences_per_s", "cosine_mean", "cosine_min", "rank_spearman",
                            "gold_spearman", "embed_contention"})
+_GENERIC_ONLY = frozenset({"infer_ms", "infer_per_s", "output_cosine_min", "output_top1_agreement",
+                           "output_max_abs_diff", "output_max_rel_diff", "energy_per_infer_j", "infer_contention"})
 _DECODER_ONLY = frozenset({"prefill_ms", "prefill_tok_s", "decode_ms", "decode_tok_s", "decode_vs_baseline",
                            "perplexity", "kl_mean", "kl_max", "top1_agreement", "ttft_ms", "roofline_fraction",
                            "decode_ceiling_tok_s", "weights_mb_per_token", "memory_bandwidth_gbs",
                            "energy_per_token_j", "energy_per_prefill_j", "prefill_contention", "decode_contention"})
 TASK_METRICS: dict[str, frozenset[str]] = {
-    "causal_lm": frozenset(METRICS) - _ENCODER_ONLY,
-    "sentence_embedding": frozenset(METRICS) - _DECODER_ONLY,
+    "causal_lm": frozenset(METRICS) - _ENCODER_ONLY - _GENERIC_ONLY,
+    "sentence_embedding": frozenset(METRICS) - _DECODER_ONLY - _GENERIC_ONLY,
+    "generic": frozenset(METRICS) - _DECODER_ONLY - _ENCODER_ONLY,
 }
 REPORT_ORDER: tuple[str, ...] = tuple(info.name for info in _CATALOG)
 

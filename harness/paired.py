@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .baselines import BaselineChoice
+from .regression import DEFAULT_RULES
 from .store import HistoryStore
 from .suites import Suite
 from .transport import Transport
@@ -67,3 +68,33 @@ def same_build_spread(store: HistoryStore, suite: str, device: str, variant: str
     if len(medians) < 2:
         return None
     return len(medians), float(medians.min()), float(medians.max())
+
+
+def add_to_job(job: dict[str, Any], store: HistoryStore, cache_root: Path, choice: BaselineChoice | None,
+               suite: Suite, device: str, variant: str, artifact: Artifact, transport: Transport
+               ) -> tuple[str, str] | None:
+    """Decode side by side with the baseline run's build when it differs from tonight's: the job's
+    ``paired_decode`` entry. Returns why decode is not paired, short and with what night to night
+    can see instead (None when it is paired, or when the suite does not ask for it)."""
+    measurements = job["measurements"]
+    if "decode" not in measurements or "decode_vs_baseline" not in (suite.regressions or DEFAULT_RULES):
+        return None
+    planned = plan(store, cache_root, choice, suite, variant, artifact)
+    if isinstance(planned, str):
+        return planned, night_to_night(planned, store, suite, device, variant, artifact)
+    assert choice is not None
+    measurements["paired_decode"] = measurement(transport, planned, measurements["decode"], choice)
+    return None
+
+
+def night_to_night(why: str, store: HistoryStore, suite: Suite, device: str, variant: str, artifact: Artifact) -> str:
+    """Why decode is not paired and, for the same build, what a night-to-night rule can see here."""
+    spread = same_build_spread(store, suite.name, device, variant, artifact.key)
+    if spread is None or not why.startswith("same build"):
+        return why
+    runs, low, high = spread
+    rule = (suite.regressions or DEFAULT_RULES).get("decode_ms")
+    limit = f"its rule's +{rule.max_change:.0%}" if rule else "a rule (decode_ms has none)"
+    return (f"{why}. Over {runs} clean runs of this build on {device}, its decode median moved between "
+            f"{low:.3g} and {high:.3g} ms ({high / low - 1:+.1%}) with nothing changed but the environment: "
+            f"a change of the device or its software is seen night to night only beyond that and beyond {limit}")

@@ -1,4 +1,10 @@
-"""Device profiles: one YAML file per registered device, read into frozen, validated objects."""
+"""Device profiles: one YAML file per registered device, read into frozen, validated objects.
+
+A ``transport:`` or ``power_sensor.kind`` may be one an installed plugin provides (entry point
+groups ``edgegate.transports``, ``edgegate.sensors``; see plugins_registry): a plugin transport's
+settings are the profile's mapping named after it, a plugin sensor's the other keys of
+``power_sensor``; both go to the plugin as they are.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import plugins_registry
 from .config import Fields, load_yaml_mapping
 from .errors import ConfigError
 from .gate import Threshold, parse_thresholds
 from .suites import disturbance_overrides
 
 PROFILE_SCHEMA = 1
-POWER_SENSORS = ("none", "ina3221", "rapl", "nvml", "command")
-TRANSPORTS = ("local", "ssh")
+POWER_SENSORS = ("none", "ina3221", "rapl", "nvml", "command")  # built in; plugins add more
+TRANSPORTS = plugins_registry.BUILTIN_TRANSPORTS  # built in; plugins add more
 DEFAULT_MEASUREMENT_TIMEOUT_S = 600.0  # each measurement reports when it ends; load of a big model on a slow board included
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _HOST = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._:%-]*$")  # a host name, IPv4 or IPv6 address (scope allowed)
@@ -37,6 +44,7 @@ class SshSettings:
 class PowerSensor:
     kind: str = "none"
     command: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)  # a plugin sensor's own keys
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,7 @@ class DeviceProfile:
     lease: LeaseSettings = field(default_factory=LeaseSettings)
     measurement_timeout_s: float = DEFAULT_MEASUREMENT_TIMEOUT_S  # longest the runner may stay silent
     disturbance: dict[str, Any] = field(default_factory=dict)  # overrides of the suite's disturbance limits
+    transport_settings: dict[str, Any] = field(default_factory=dict)  # a plugin transport's own mapping
 
 
 def load_profile(path: Path) -> DeviceProfile:
@@ -79,8 +88,9 @@ def load_profile(path: Path) -> DeviceProfile:
     if not _NAME.match(name):
         raise ConfigError(path, "name", "use letters, digits, '.', '_' and '-' only")
     transport = fields.get("transport", str)
-    if transport not in TRANSPORTS:
-        raise ConfigError(path, "transport", f"must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
+    if transport not in plugins_registry.transport_kinds():
+        raise ConfigError(path, "transport", f"must be one of {', '.join(plugins_registry.transport_kinds())}, "
+                                             f"got {transport!r} (a plugin's transport: is its distribution installed?)")
     profile = DeviceProfile(
         name=name,
         path=path,
@@ -98,6 +108,7 @@ def load_profile(path: Path) -> DeviceProfile:
         lease=_lease(fields.sub("lease")),
         measurement_timeout_s=float(fields.number("measurement_timeout_s", DEFAULT_MEASUREMENT_TIMEOUT_S, minimum=1)),
         disturbance=disturbance_overrides(fields.sub("disturbance")),
+        transport_settings=fields.get(transport, dict, {}) if transport not in TRANSPORTS else {},
     )
     fields.finish()
     return profile
@@ -112,13 +123,17 @@ def _lease(fields: Fields) -> LeaseSettings:
 
 def _power_sensor(fields: Fields) -> PowerSensor:
     kind = fields.get("kind", str, "none")
-    if kind not in POWER_SENSORS:
-        raise ConfigError(fields.path, fields.name("kind"), f"must be one of {', '.join(POWER_SENSORS)}, got {kind!r}")
+    known = plugins_registry.sensor_kinds()
+    if kind not in known:
+        raise ConfigError(fields.path, fields.name("kind"), f"must be one of {', '.join(known)}, got {kind!r} "
+                                                            f"(a plugin's sensor: is its distribution installed here?)")
     command = fields.get("command", str, None)
     if kind == "command" and not command:
         raise ConfigError(fields.path, fields.name("command"), "is required when kind is 'command'")
+    own = {key: fields.get(key, (str, int, float, bool, list, dict), None) for key in list(fields.data)
+           if key not in ("kind", "command")} if kind not in POWER_SENSORS else {}
     fields.finish()
-    return PowerSensor(kind=kind, command=command)
+    return PowerSensor(kind=kind, command=command, settings=own)
 
 
 def _ssh(parent: Fields, transport: str) -> SshSettings | None:
@@ -159,8 +174,33 @@ def registered_profiles(directory: Path) -> dict[str, Path]:
 
 def find_profile(name: str, directory: Path) -> DeviceProfile:
     """Load the profile registered as ``name``; an unknown name lists the registered ones."""
-    known = registered_profiles(directory)
-    if name not in known:
-        listing = ", ".join(known) or "none"
-        raise ConfigError(directory, "--device", f"unknown device {name!r}; registered devices: {listing}")
-    return load_profile(known[name])
+    return ProfileCatalog(directory).get(name)
+
+
+class ProfileCatalog:
+    """The profiles of one folder, each file read and checked once however often it is asked for."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._registered: dict[str, Path] | None = None
+        self._loaded: dict[str, DeviceProfile] = {}
+
+    def registered(self) -> dict[str, Path]:
+        """Profile name (file stem) -> file."""
+        if self._registered is None:
+            self._registered = registered_profiles(self.directory)
+        return self._registered
+
+    def get(self, name: str) -> DeviceProfile:
+        """The profile registered as ``name``; an unknown name lists the registered ones."""
+        if name not in self._loaded:
+            known = self.registered()
+            if name not in known:
+                listing = ", ".join(known) or "none"
+                raise ConfigError(self.directory, "--device", f"unknown device {name!r}; registered devices: {listing}")
+            self._loaded[name] = load_profile(known[name])
+        return self._loaded[name]
+
+    def tags(self) -> dict[str, tuple[str, ...]]:
+        """Every registered profile's tags (each profile read once)."""
+        return {name: self.get(name).tags for name in self.registered()}

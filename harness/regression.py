@@ -88,6 +88,7 @@ DEFAULT_RULES: dict[str, RegressionRule] = {
         RegressionRule("decode_vs_baseline", 0.03),
         RegressionRule("prefill_ms", 0.05),
         RegressionRule("ttft_ms", 0.05),
+        RegressionRule("infer_ms", 0.05),  # a generic model's run, judged like prefill (infer_per_s follows from it)
         RegressionRule("peak_rss_mb", 0.10),
         RegressionRule("size_mb", 0.01),
         RegressionRule("perplexity", 0.02),

@@ -18,6 +18,7 @@ RUNTIMES: dict[str, tuple[str, str]] = {
     "onnxruntime": ("ONNX Runtime", "onnxruntime"),
     "onnxruntime_kv_buffer": ("ONNX Runtime", "onnxruntime"),
     "onnxruntime_encoder": ("ONNX Runtime", "onnxruntime"),
+    "onnxruntime_generic": ("ONNX Runtime", "onnxruntime"),
     "litert": ("LiteRT", "ai_edge_litert"),
     "litert_lm": ("LiteRT-LM", "litert_lm"),
     "executorch": ("ExecuTorch", "executorch"),
@@ -45,9 +46,15 @@ class RuntimeNeeds:
 
 
 def needs(backend: str) -> RuntimeNeeds:
-    """A backend's packages and oldest Python, from its module (which imports no runtime itself)."""
+    """A backend's packages and oldest Python, from its module (which imports no runtime itself).
+
+    A plugin's backend (entry point group ``edgegate.backends``) says the same in its module, and
+    optionally ``LABEL`` (the name users know) and ``IMPORTS`` (the module the device must import;
+    default: the plugin's top-level package) on its class."""
     from .runner import backends
 
+    if backend not in backends._WHERE:
+        return _plugin_needs(backend)
     module_name, _ = backends._WHERE[backend]
     module = importlib.import_module(f"{backends.__name__}.{module_name}")
     label, imported = RUNTIMES[backend]
@@ -55,13 +62,31 @@ def needs(backend: str) -> RuntimeNeeds:
                         tuple(getattr(module, "PYTHON_MIN", (3, 9))), tuple(getattr(module, "NO_DEPS", ())))
 
 
+def _plugin_needs(backend: str) -> RuntimeNeeds:
+    import sys
+
+    from .plugins_registry import backend_class
+    from .runner import backends
+
+    found = backend_class(backend, backends._WHERE)
+    module = sys.modules[found.__module__]
+    label = str(getattr(found, "LABEL", backend))
+    imported = str(getattr(found, "IMPORTS", found.__module__.split(".")[0]))
+    return RuntimeNeeds(backend, label, imported, tuple(getattr(module, "REQUIRES", ())),
+                        tuple(getattr(module, "PYTHON_MIN", (3, 9))), tuple(getattr(module, "NO_DEPS", ())))
+
+
 def distributions() -> list[str]:
-    """The pip distributions of every runtime (onnxruntime's GPU build too): their versions are probed."""
+    """The pip distributions of every runtime (onnxruntime's GPU build too, plugins' too): their versions are probed."""
+    from .plugins_registry import PluginError
     from .runner import backends
 
     names = {"onnxruntime", "onnxruntime-gpu"}
-    for backend in backends._WHERE:
-        names.update(requirement_name(r) for r in needs(backend).requires)
+    for backend in backends.BACKENDS:
+        try:
+            names.update(requirement_name(r) for r in needs(backend).requires)
+        except PluginError:  # a broken plugin fails the suites that use it, not every probe
+            continue
     return sorted(names)
 
 

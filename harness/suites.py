@@ -2,41 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import Fields, load_yaml_mapping
+from .config import Fields, contained_path, load_yaml_mapping
 from .errors import ConfigError
 from .gate import Threshold, parse_thresholds
+from .generic_inputs import GenericInputs
+from .generic_inputs import parse as parse_generic_inputs
 from .metrics import METRICS
+from .modelspec import BASE_MODEL_KINDS, GENERIC_KINDS, BaseModelSpec
 from .regression import DEFAULT_RULES, RegressionRule
 from .runner.disturbance import (
     Limits as DisturbanceSpec,  # one definition for the runner and the host
 )
 
 SUITE_SCHEMA = 1
-BASE_MODEL_KINDS = ("gguf_package", "gguf_file", "hf_dir", "sentence_transformers_package", "sentence_transformers_dir")
-SENTENCE_EMBEDDING_KINDS = ("sentence_transformers_package", "sentence_transformers_dir")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-@dataclass(frozen=True)
-class BaseModelSpec:
-    """Where the base model's weights come from. Paths are resolved against the suite file."""
-
-    kind: str
-    package: str | None = None
-    file: str | None = None
-    path: Path | None = None
-    note: str = ""
-    folder: str | None = None  # sentence_transformers_package: the model folder inside the package
-
-    @property
-    def task(self) -> str:
-        """``causal_lm`` (measured by prefill, decode, perplexity) or ``sentence_embedding``."""
-        return "sentence_embedding" if self.kind in SENTENCE_EMBEDDING_KINDS else "causal_lm"
 
 
 @dataclass(frozen=True)
@@ -110,6 +95,19 @@ class EmbedSpec:
 
 
 @dataclass(frozen=True)
+class InferSpec:
+    """A generic ONNX model: one ``session.run`` of ``inputs``, repeated under the same stopping
+    rule as prefill; its outputs on the same inputs are compared with the reference's."""
+
+    warmup: int = 2
+    min_samples: int = 10
+    max_samples: int = 200
+    max_seconds: float = 20.0
+    target_ci: float = 0.01
+    inputs: GenericInputs | None = None  # declared (shape, dtype, range) or an .npz: harness/generic_inputs.py
+
+
+@dataclass(frozen=True)
 class AccuracySpec:
     windows: int = 2
     window_tokens: int = 256
@@ -126,6 +124,7 @@ class Suite:
     decode: DecodeSpec = DecodeSpec()
     accuracy: AccuracySpec = AccuracySpec()
     embed: EmbedSpec = EmbedSpec()
+    infer: InferSpec = InferSpec()
     thresholds: dict[str, tuple[Threshold, ...]] = field(default_factory=dict)
     description: str = ""
     regressions: dict[str, RegressionRule] = field(default_factory=dict)
@@ -152,16 +151,18 @@ def load_suite(path: Path) -> Suite:
     if reference not in {spec.name for spec in variants}:
         raise ConfigError(path, "reference", f"names no variant of this suite: {reference!r}")
     measure = fields.sub("measurements")
+    base_model = _base_model(fields.sub("base_model", required=True))
     suite = Suite(
         name=_name(fields, "name", path.stem.removeprefix("suite_")),
         path=path,
-        base_model=_base_model(fields.sub("base_model", required=True)),
+        base_model=base_model,
         reference=reference,
         variants=variants,
         prefill=_spec(measure.sub("prefill"), PrefillSpec),
         decode=_spec(measure.sub("decode"), DecodeSpec),
         accuracy=_spec(measure.sub("accuracy"), AccuracySpec),
         embed=_spec(measure.sub("embed"), EmbedSpec),
+        infer=_infer(measure.sub("infer"), base_model),
         thresholds=parse_thresholds(path, "thresholds", fields.get("thresholds", dict, {})),
         description=fields.get("description", str, ""),
         regressions=_regressions(fields.sub("regressions")),
@@ -170,6 +171,18 @@ def load_suite(path: Path) -> Suite:
     measure.finish()
     fields.finish()
     return suite
+
+
+def _infer(fields: Fields, base_model: BaseModelSpec) -> InferSpec:
+    """``measurements.infer``: what a generic model is fed (required for one), and the stopping rule."""
+    inputs = parse_generic_inputs(fields)
+    if base_model.task == "generic" and inputs is None:
+        raise ConfigError(fields.path, fields.prefix, f"a {base_model.kind} base model needs its inputs: "
+                                                      f"inputs: {{name: {{shape: [...], dtype: float32}}}} or inputs_npz")
+    if base_model.task != "generic" and fields.data:
+        raise ConfigError(fields.path, fields.prefix, f"measures generic ONNX models ({', '.join(GENERIC_KINDS)}); "
+                                                      f"this base model is a {base_model.kind}")
+    return dataclasses.replace(_spec(fields, InferSpec), inputs=inputs)
 
 
 def _regressions(fields: Fields) -> dict[str, RegressionRule]:
@@ -273,14 +286,18 @@ def _base_model(fields: Fields) -> BaseModelSpec:
     spec = BaseModelSpec(
         kind=kind,
         package=fields.get("package", str) if from_package else None,
-        file=fields.get("file", str) if kind.startswith("gguf") else None,
+        file=fields.get("file", str) if kind.startswith("gguf") or kind == "onnx_package" else None,
         path=_contained_path(fields, "path") if not from_package else None,
         note=fields.get("note", str, ""),
         folder=fields.get("folder", str) if kind == "sentence_transformers_package" else None,
     )
     if spec.folder is not None and (Path(spec.folder).is_absolute() or ".." in Path(spec.folder).parts):
         raise ConfigError(fields.path, fields.name("folder"), f"must be a folder inside the package, got {spec.folder!r}")
-    if spec.file is not None and (Path(spec.file).name != spec.file or spec.file in ("", ".", "..")):
+    if spec.kind == "onnx_package" and (Path(spec.file or "").is_absolute() or ".." in Path(spec.file or "").parts
+                                        or not (spec.file or "").endswith(".onnx")):
+        raise ConfigError(fields.path, fields.name("file"), f"must be an .onnx file inside the package, got {spec.file!r}")
+    if spec.kind.startswith("gguf") and spec.file is not None and (Path(spec.file).name != spec.file
+                                                                   or spec.file in ("", ".", "..")):
         raise ConfigError(fields.path, fields.name("file"), f"must be a plain file name, got {spec.file!r}")
     fields.finish()
     return spec
@@ -289,17 +306,6 @@ def _base_model(fields: Fields) -> BaseModelSpec:
 def _contained_path(fields: Fields, key: str) -> Path:
     """A path relative to the suite's folder that must not escape it."""
     return contained_path(fields.path, fields.name(key), fields.get(key, str))
-
-
-def contained_path(suite_file: Path, field_name: str, raw: Any) -> Path:
-    """``raw`` resolved against ``suite_file``'s folder; ConfigError if it is not a string or escapes it."""
-    if not isinstance(raw, str) or not raw:
-        raise ConfigError(suite_file, field_name, f"expected a path relative to the suite file, got {raw!r}")
-    folder = suite_file.parent.resolve()
-    resolved = (folder / raw).resolve()
-    if Path(raw).is_absolute() or not resolved.is_relative_to(folder):
-        raise ConfigError(suite_file, field_name, f"{raw!r} escapes the suite's folder {folder}")
-    return resolved
 
 
 ZERO_ALLOWED = ("warmup", "retries")
@@ -317,6 +323,8 @@ def _spec(fields: Fields, spec_type: type) -> Any:
     defaults = spec_type()
     values: dict[str, Any] = {}
     for name, field_info in spec_type.__dataclass_fields__.items():
+        if field_info.type not in ("int", "float"):  # e.g. InferSpec.inputs: read by its own parser
+            continue
         whole = field_info.type == "int"
         value = fields.number(name, getattr(defaults, name), minimum=1 if whole and name not in ZERO_ALLOWED else 0)
         if whole and value != int(value):

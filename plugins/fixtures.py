@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from edgegate.profiles import DeviceProfile
 from edgegate.session import RunSession
 

@@ -1,19 +1,24 @@
-"""pytest hooks: options, settings, collection of suite files, and the recorder's start."""
+"""pytest hooks: options, settings, collection of suite files, the recorder's start, and
+EdgeGate's own hooks (hookspec.py) for conftest files and plugins."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-
 from edgegate.errors import EdgeGateError
-from edgegate.profiles import find_profile
 
 from .items import SuiteFile, VariantItem, is_suite_file
 from .options import add_options, settings_from
 from .recorder import RECORDER_KEY, SETTINGS_KEY, recorder
 
 RUN_FIXTURES = frozenset({"edgegate_run", "edgegate_devices"})  # a suite written in Python asks for the run
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from . import hookspec
+
+    pluginmanager.add_hookspecs(hookspec)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -26,14 +31,14 @@ def pytest_configure(config: pytest.Config) -> None:
     if not config.pluginmanager.hasplugin("xdist"):
         config.addinivalue_line("markers", "xdist_group(name): keeps a device's items on one pytest-xdist worker")
     try:
-        settings = settings_from(config.getoption, Path(config.rootpath))
+        settings = config.stash.get(SETTINGS_KEY, None) or settings_from(config.getoption, Path(config.rootpath))
     except EdgeGateError as exc:  # a tag or 'all' that matches nothing, or a broken profile
         raise pytest.UsageError(str(exc)) from None
     config.stash[SETTINGS_KEY] = settings
     if config.getoption("edgegate_devices"):  # asked for by name: a wrong one is a usage error
         try:
             for name in settings.devices:
-                find_profile(name, settings.profiles_dir)
+                settings.profile(name)
         except EdgeGateError as exc:
             raise pytest.UsageError(str(exc)) from None
 

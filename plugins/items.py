@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
+from functools import partial
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
-
 from edgegate.errors import ConfigError, EdgeGateError, VariantUnsupported
+from edgegate.metrics import TASK_METRICS
 from edgegate.profiles import DeviceProfile
 from edgegate.suites import Suite, VariantSpec, load_suite
-from edgegate.metrics import TASK_METRICS
 from edgegate.verdict import BLOCKED, INCONCLUSIVE, Verdict
 
+from .extensions import final_verdict
 from .recorder import recorder
 
 SUITE_GLOBS = ("suite_*.yaml", "suite_*.yml")
@@ -35,7 +37,7 @@ class SuiteFile(pytest.File):
         for device in devices.values():
             _warn_inapplicable(device, suite)
             for variant in ordered:
-                yield VariantItem.from_parent(self, name=f"{variant.name}[{device.name}]",
+                yield VariantItem.from_parent(self, name=item_name(variant.name, device.name),
                                               suite=suite, device=device, variant=variant)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
@@ -63,7 +65,8 @@ class VariantItem(pytest.Item):
     def runtest(self) -> None:
         run = recorder(self.config).session
         try:
-            verdict = run.judge(self.suite, self.device, self.variant)
+            # pytest_edgegate_verdict may make it stricter before it is recorded
+            verdict = run.judge(self.suite, self.device, self.variant, review=partial(final_verdict, self))
         except VariantUnsupported as exc:
             run.record_unsupported(self.suite, self.device, self.variant, str(exc))
             self.user_properties.append(("edgegate.verdict", "unsupported"))
@@ -114,6 +117,36 @@ def _warn_inapplicable(device: DeviceProfile, suite: Suite) -> None:
             warnings.warn(EdgeGateWarning(
                 f"{device.path}: thresholds.{metric}: suite {suite.name} ({suite.base_model.task}) does not measure "
                 f"{metric}; the limit does not apply to its items"), stacklevel=1)
+
+
+def item_name(variant: str, device: str) -> str:
+    return f"{variant}[{device}]"
+
+
+class ItemDevices:
+    """The device of each suite item, for the xdist controller, which collects nothing: from the
+    suite files and the selected devices, as collection names the items (each suite read once)."""
+
+    def __init__(self, rootpath: Path, devices: tuple[str, ...]) -> None:
+        self.rootpath = rootpath
+        self.devices = devices
+        self._by_file: dict[str, dict[str, str]] = {}
+
+    def of(self, nodeid: str) -> str | None:
+        """The device of the item ``nodeid``; None for anything but a suite item."""
+        path, _, name = nodeid.partition("::")
+        if not is_suite_file(PurePosixPath(path).name):
+            return None
+        if path not in self._by_file:
+            self._by_file[path] = self._items_of(path)
+        return self._by_file[path].get(name.split("@", 1)[0])  # older pytest: xdist's "@group" suffix
+
+    def _items_of(self, path: str) -> dict[str, str]:
+        try:
+            suite = load_suite(self.rootpath / path)
+        except EdgeGateError:  # the workers report it
+            return {}
+        return {item_name(variant.name, device): device for variant in suite.variants for device in self.devices}
 
 
 def is_suite_file(name: str) -> bool:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgegate.errors import ConfigError
+from edgegate.profiles import DeviceProfile, ProfileCatalog
 from edgegate.store_sql import history_location
-from edgegate.profiles import load_profile, registered_profiles
 
 DEFAULT_DEVICE = "local"
 ALL_DEVICES = "all"
@@ -71,6 +71,10 @@ class Settings:
     lease_wait_s: float | None = None
     inconclusive: str = "fail"  # one of INCONCLUSIVE_CHOICES
     unsupported: str = "skip"  # one of UNSUPPORTED_CHOICES
+    catalog: ProfileCatalog | None = field(default=None, compare=False)  # the profiles, each read once per run
+
+    def profile(self, name: str) -> DeviceProfile:
+        return (self.catalog or ProfileCatalog(self.profiles_dir)).get(name)
 
 
 def settings_from(getoption: Callable[[str], Any], rootdir: Path) -> Settings:
@@ -80,8 +84,9 @@ def settings_from(getoption: Callable[[str], Any], rootdir: Path) -> Settings:
 
     cache_default = Path(os.environ.get("EDGEGATE_CACHE_DIR") or Path.home() / ".cache" / "edgegate")
     profiles_dir = path("edgegate_profiles", rootdir / "device_profiles")
+    catalog = ProfileCatalog(profiles_dir)
     return Settings(
-        devices=resolve_devices(getoption("edgegate_devices") or [DEFAULT_DEVICE], profiles_dir),
+        devices=resolve_devices(getoption("edgegate_devices") or [DEFAULT_DEVICE], catalog),
         profiles_dir=profiles_dir,
         history=history_location(getoption("edgegate_history"), rootdir / "reports" / "history.sqlite"),
         reports_dir=path("edgegate_reports", rootdir / "reports"),
@@ -94,10 +99,11 @@ def settings_from(getoption: Callable[[str], Any], rootdir: Path) -> Settings:
         lease_wait_s=getoption("edgegate_lease_wait"),
         inconclusive=getoption("edgegate_inconclusive") or "fail",
         unsupported=getoption("edgegate_unsupported") or "skip",
+        catalog=catalog,
     )
 
 
-def resolve_devices(selectors: list[str], profiles_dir: Path) -> tuple[str, ...]:
+def resolve_devices(selectors: list[str], catalog: ProfileCatalog) -> tuple[str, ...]:
     """Profile names for ``--device`` values (a name, ``all``, ``tag:TAG``), in order, each once.
 
     Names are checked later (an unknown one lists the registered ones); ``all`` and tags must
@@ -106,20 +112,19 @@ def resolve_devices(selectors: list[str], profiles_dir: Path) -> tuple[str, ...]
     names: list[str] = []
     for selector in selectors:
         if selector == ALL_DEVICES:
-            names += _matching(profiles_dir, lambda tags: True, "no device profiles registered")
+            names += _matching(catalog, lambda tags: True, "no device profiles registered")
         elif selector.startswith(TAG_PREFIX):
             tag = selector[len(TAG_PREFIX):]
-            names += _matching(profiles_dir, lambda tags, tag=tag: tag in tags, f"no device profile has tag {tag!r}")
+            names += _matching(catalog, lambda tags, tag=tag: tag in tags, f"no device profile has tag {tag!r}")
         else:
             names.append(selector)
     return tuple(dict.fromkeys(names))
 
 
-def _matching(profiles_dir: Path, wanted: Callable[[tuple[str, ...]], bool], none_found: str) -> list[str]:
-    registered = registered_profiles(profiles_dir)
-    tags = {name: load_profile(path).tags for name, path in registered.items()}
+def _matching(catalog: ProfileCatalog, wanted: Callable[[tuple[str, ...]], bool], none_found: str) -> list[str]:
+    tags = catalog.tags()
     found = [name for name, tagged in tags.items() if wanted(tagged)]
     if not found:
         in_use = sorted({tag for tagged in tags.values() for tag in tagged})
-        raise ConfigError(profiles_dir, "--device", f"{none_found}; tags in use: {', '.join(in_use) or 'none'}")
+        raise ConfigError(catalog.directory, "--device", f"{none_found}; tags in use: {', '.join(in_use) or 'none'}")
     return found

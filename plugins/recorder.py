@@ -7,15 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from edgegate import benchjson, environment
-from edgegate.profiles import DeviceProfile, find_profile
+from edgegate import benchjson, environment, progress
+from edgegate.profiles import DeviceProfile
 from edgegate.report import render_run
 from edgegate.session import SLOWDOWN_ENV, RunSession, injected_slowdown
-from edgegate.store import HistoryStore, RunInfo
+from edgegate.store import RunInfo
 
-from .fleet import is_worker, merge_facts, publish_to_controller, run_id_for
+from .extensions import HookedStore, RunnerOutput, report_hook
 from .options import Settings
+from .terminal import open_display
+from .workers import is_worker, merge_facts, publish_to_controller, run_id_for
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
 RECORDER_KEY = pytest.StashKey["Recorder"]()
@@ -30,10 +31,13 @@ class Recorder:
         self.settings = settings
         self.run_id = run_id_for(config)  # on an xdist worker: the controller's, shared by all workers
         self.profiles: dict[str, DeviceProfile] = {
-            name: find_profile(name, settings.profiles_dir) for name in settings.devices
+            name: settings.profile(name) for name in settings.devices
         }
-        self.store = HistoryStore(settings.history)
+        self.store = HookedStore(settings.history, config)  # pytest_edgegate_result_before_store on each row
         self.suites: list[str] = []
+        self.display = open_display(config, self.run_id, settings.cache_dir)  # bars or lines, -q/-v
+        progress.activate(self.display)
+        self.runner_output = RunnerOutput(self.display.say)  # a runtime's prints on the runner's stdout, by default
         self.session = RunSession(self.run_id, environment.git_commit(settings.rootdir), self.store,
                                   settings.cache_dir, self.log, settings.accept_new_host_keys,
                                   baseline_spec=settings.baseline, repo=settings.rootdir,
@@ -59,16 +63,13 @@ class Recorder:
         self._started = True
 
     def log(self, line: str) -> None:
-        capture = self.config.pluginmanager.getplugin("capturemanager")
-        reporter = self.config.pluginmanager.getplugin("terminalreporter")
-        if capture is None or reporter is None:
-            return
-        with capture.global_and_fixture_disabled():
-            reporter.write_line(f"[edgegate] {line}")
+        self.display.message(line)
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         self.session.close()
+        progress.deactivate(self.display)
+        self.runner_output.close()
         if not self._started:
             return
         facts = merge_facts([*self.worker_facts, self._facts()])
@@ -80,7 +81,8 @@ class Recorder:
         try:
             self.store.finish_run(self.run_id, _now(), int(exitstatus), {**self.environment, **facts})
             self.benchmark_files = benchjson.write_run(self.store, self.run_id, self.settings.reports_dir / "benchmarks", local)
-            self.report = render_run(self.store, self.run_id, self.settings.reports_dir, self.settings.templates)
+            self.report = render_run(self.store, self.run_id, self.settings.reports_dir, self.settings.templates,
+                                     before_render=report_hook(self.config))
         except Exception as exc:  # noqa: BLE001 - the history is safe; say so instead of a traceback
             self.report_error = (f"could not write the report ({type(exc).__name__}: {exc}); every result is in "
                                  f"{self.store.label}: re-render with `edgegate report {self.run_id}`")
@@ -105,8 +107,9 @@ class Recorder:
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         if not self._started:
             return
+        quiet = self.config.get_verbosity() < 0  # -q: the run, its verdicts and its report, nothing else
         terminalreporter.section("EdgeGate")
-        terminalreporter.write_line(f"run {self.run_id}; history: {self.store.label}")
+        terminalreporter.write_line(f"run {self.run_id}; history: {self.store.label}")  # bench/ scripts parse it
         counts = self._verdict_counts()
         if counts:
             terminalreporter.write_line("verdicts: " + ", ".join(f"{count} {name}" for name, count in counts.items()),
@@ -120,8 +123,10 @@ class Recorder:
                                         "and the report; the items not run have no verdict", yellow=True)
         if self.report is not None:
             terminalreporter.write_line(f"report: {self.report}")
-            terminalreporter.write_line(f"pytest-benchmark files: {', '.join(map(str, self.benchmark_files))}")
-            terminalreporter.write_line(f"latest: {self.settings.reports_dir / 'latest.html'}")
+            if self.config.get_verbosity() > 0:
+                terminalreporter.write_line(f"pytest-benchmark files: {', '.join(map(str, self.benchmark_files))}")
+            if not quiet:
+                terminalreporter.write_line(f"latest: {self.settings.reports_dir / 'latest.html'}")
         if self.report_error:
             terminalreporter.write_line(self.report_error, red=True)
 

@@ -46,6 +46,7 @@ SSHD = "/usr/sbin/sshd"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_PARENT = "edgegate-tests"
 CGROUP_CONTROLLERS = ("cpu", "memory")
+CPU_SHARES_MAX = 262144  # cgroup v1: the largest weight a group can have (a task at nice 0 weighs 1024)
 ADDRESS_LOCK = Path("/run/lock/edgegate-sshdevices.lock")
 GUARD_ROUTE_METRIC = 4242
 MAX_DEVICE_INDEX = 511
@@ -689,6 +690,10 @@ def _set_cpu_quota(path: Path, cores: float) -> None:
         raise ValueError("cpu_quota must be positive")
     period = int((path / "cpu.cfs_period_us").read_text())
     (path / "cpu.cfs_quota_us").write_text(str(max(1000, int(cores * period))))
+    # A real device's cores are its own. Without this, the farm's group competes at the root as one
+    # task against every busy host process (pytest, its xdist workers), and eight devices capped at
+    # a quarter core each got a ninth of the machine between them while eight workers ran.
+    (path.parent / "cpu.shares").write_text(str(CPU_SHARES_MAX))
 
 
 def _set_memory_limit(path: Path, memory_mb: int) -> None:

@@ -16,14 +16,13 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
-
 from edgegate.devicesetup import setup_device
 from edgegate.errors import ConfigError
 from edgegate.lease import DeviceBusy, Leases, held_intervals, lease_log
-from edgegate.profiles import DeviceProfile, load_profile
+from edgegate.profiles import DeviceProfile, ProfileCatalog, load_profile
 from edgegate.store import HistoryStore, RunInfo
 from edgegate.transport.ssh import SshTransport
-from edgegate_pytest.fleet import device_of
+from edgegate_pytest.items import ItemDevices
 from edgegate_pytest.options import resolve_devices
 
 PROFILES = Path(__file__).resolve().parent.parent / "device_profiles"
@@ -32,17 +31,24 @@ SLOWED = {"f1": 0.25, "f3": 0.25}  # cores (cgroup cpu quota)
 
 
 def test_devices_are_selected_by_name_tag_or_all() -> None:
-    assert resolve_devices(["tag:jetson", "local", "jetson-nano"], PROFILES) == ("jetson-nano", "jetson-orin-nano", "local")
-    assert set(resolve_devices(["all"], PROFILES)) >= {"local", "jetson-nano", "jetson-orin-nano", "raspberry-pi-5"}
+    catalog = ProfileCatalog(PROFILES)
+    assert resolve_devices(["tag:jetson", "local", "jetson-nano"], catalog) == ("jetson-nano", "jetson-orin-nano", "local")
+    assert set(resolve_devices(["all"], catalog)) >= {"local", "jetson-nano", "jetson-orin-nano", "raspberry-pi-5"}
     with pytest.raises(ConfigError, match=r"--device: no device profile has tag 'tpu'; tags in use: .*jetson"):
-        resolve_devices(["tag:tpu"], PROFILES)
+        resolve_devices(["tag:tpu"], catalog)
 
 
-def test_the_scheduler_groups_suite_items_by_the_device_in_their_id() -> None:
-    assert device_of("suites/suite_smollm2.yaml::int4[jetson-nano]") == "jetson-nano"
-    assert device_of("suites/suite_smollm2.yaml::int4[jetson-nano]@jetson-nano") == "jetson-nano"  # older pytest
-    assert device_of("tests/test_x.py::test_y[jetson-nano]") is None  # not a suite item: xdist's own rules
-    assert device_of("suites/suite_smollm2.yaml") is None
+def test_the_scheduler_knows_each_suite_items_device_from_the_suites_and_devices(tiny_suite_file: Path) -> None:
+    root = tiny_suite_file.parent.parent
+    devices = ItemDevices(root, ("jetson-nano", "pi[5]"))
+    suite_item = "suites/suite_tiny.yaml::int4[jetson-nano]"
+    assert devices.of(suite_item) == "jetson-nano"
+    assert devices.of(suite_item + "@jetson-nano") == "jetson-nano"  # older pytest: xdist's group suffix
+    assert devices.of("suites/suite_tiny.yaml::fp32[pi[5]]") == "pi[5]"  # a name a pattern would misread
+    assert devices.of("suites/suite_tiny.yaml::int4[orin]") is None  # not a selected device
+    assert devices.of("suites/suite_tiny.yaml::nope[jetson-nano]") is None  # no such variant
+    assert devices.of("tests/test_x.py::test_y[jetson-nano]") is None  # not a suite item: xdist's own rules
+    assert devices.of("suites/suite_tiny.yaml") is None
 
 
 def test_a_tag_matching_nothing_is_a_usage_error(pytester: pytest.Pytester) -> None:

@@ -1,10 +1,17 @@
-"""The HTML report: pandas tables from the history, rendered through jinja2 into one file."""
+"""The HTML report: pandas tables from the history, rendered through jinja2 into one file.
+
+Installed plugins add sections (entry point group ``edgegate.report_sections``, see
+plugins_registry.report_sections), and the pytest plugin lets a conftest change the page's data
+before it is rendered (hook ``pytest_edgegate_report_context``), through ``render_run``'s
+``before_render``: the sections are made after it, from the data as it will be shown.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -18,12 +25,15 @@ from ..store import HistoryStore
 from . import architectures, charts, runtimes
 
 TEMPLATE = "report.html.j2"
-# The headline columns, LLM and sentence-encoder metrics together; a run's page shows those its results have.
+# The headline columns, LLM, sentence-encoder and generic-model metrics together; a run's page shows
+# those its results have.
 COLUMNS = ("size_mb", "ttft_ms", "prefill_tok_s", "decode_ms", "decode_tok_s", "embed_ms", "sentences_per_s",
-           "roofline_fraction", "peak_rss_mb", "perplexity", "kl_mean", "top1_agreement", "cosine_mean",
-           "rank_spearman", "power_w", "energy_per_token_j")
+           "infer_ms", "infer_per_s", "roofline_fraction", "peak_rss_mb", "perplexity", "kl_mean", "top1_agreement",
+           "cosine_mean", "rank_spearman", "output_cosine_min", "output_top1_agreement", "power_w",
+           "energy_per_token_j")
 DETAIL_COLUMNS = tuple(name for name in METRICS if name not in COLUMNS)
 TREND_METRICS = ("decode_ms", "perplexity")
+LATENCY_CHARTS = (("decode_ms", "Decode latency"), ("infer_ms", "Inference latency"))  # box plots of raw samples
 TREND_RUNS = 20  # how many runs of the history the trend charts show
 ARCHITECTURE_RUNS = 50  # how far back "Accuracy by architecture" looks for each device's newest run
 CHANGE_NOISE = 0.01  # relative changes below this are shown grey: neither better nor worse
@@ -44,9 +54,16 @@ class Cell:
     straddles: str = ""  # set when the 95% interval contains a limit: a verdict within noise
 
 
-def render_run(store: HistoryStore, run_id: str, out_dir: Path, template_dir: Path | None = None) -> Path:
-    """Write ``<out_dir>/runs/<run_id>.html`` and copy it to ``<out_dir>/latest.html``."""
+def render_run(store: HistoryStore, run_id: str, out_dir: Path, template_dir: Path | None = None,
+               before_render: Callable[[dict[str, Any]], object] | None = None) -> Path:
+    """Write ``<out_dir>/runs/<run_id>.html`` and copy it to ``<out_dir>/latest.html``;
+    ``before_render`` may change the page's data in place first."""
+    from ..plugins_registry import report_sections
+
     context = run_context(store, run_id)
+    if before_render is not None:
+        before_render(context)
+    context["plugin_sections"] = report_sections(context)
     html = _environment(template_dir).get_template(TEMPLATE).render(**context)
     target = out_dir / "runs" / f"{run_id}.html"
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -216,11 +233,12 @@ def _charts(results: pd.DataFrame, history: pd.DataFrame, runs: pd.DataFrame, ru
         if {"decode_ms", "perplexity"} <= set(values.columns):
             table = values.reset_index().rename(columns={"label": "variant"}).to_dict("records")
             items.append(_item("Latency vs accuracy", charts.pareto(table, f"Latency vs accuracy on {device}")))
-        decode = mine[mine.metric == "decode_ms"]
-        samples = {label: _samples(text) for label, text in zip(decode.label, decode.samples)}
-        samples = {label: s for label, s in samples.items() if s}
-        if samples:
-            items.append(_item("Decode latency", charts.latency_distribution(samples, f"Decode latency on {device}")))
+        for metric, heading in LATENCY_CHARTS:
+            timed = mine[mine.metric == metric]
+            samples = {label: _samples(text) for label, text in zip(timed.label, timed.samples)}
+            samples = {label: s for label, s in samples.items() if s}
+            if samples:
+                items.append(_item(heading, charts.latency_distribution(samples, f"{heading} on {device}")))
         if "roofline_fraction" in values.columns and values["roofline_fraction"].notna().any():
             items.append(_item("Roofline fraction", charts.bars(values["roofline_fraction"].dropna().to_dict(),
                                                                 "roofline fraction (decode tok/s / ceiling)",

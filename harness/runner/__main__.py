@@ -10,18 +10,20 @@ import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from . import accuracy, embedding, measure, sensors, thermal
+from . import accuracy, embedding, generic, measure, sensors, thermal
 from .backends import BACKENDS
+from .entrypoints import BrokenPlugin
 from .events import emit, metric
+from .protocol import PROTOCOL_VERSION, refusal
 
-PROTOCOL = 1
+REFUSED_EXIT = 2  # a job of a protocol version this runner does not speak
 POWER_METRICS = (("power_w", "W"), ("power_peak_w", "W"), ("power_idle_w", "W"),
                  ("energy_per_token_j", "J"), ("energy_per_prefill_j", "J"))
 
 
 def run_job(job: dict[str, Any]) -> int:
     """Run every measurement of ``job``; one failing measurement does not stop the others."""
-    emit({"event": "start", "protocol": PROTOCOL, "python": platform.python_version()})
+    _start()
     sysfs_root = job.get("sysfs_root", "/")
     before = thermal.snapshot(sysfs_root)
     peaks = thermal.PeakSampler(sysfs_root).start()  # the hottest readings during the run, not only at its ends
@@ -58,7 +60,7 @@ def run_job(job: dict[str, Any]) -> int:
 
     region = {"disturbance": job.get("disturbance") or {}, "sysfs_root": sysfs_root}
     wanted = {name: {**entry, **region} for name, entry in job.get("measurements", {}).items()}
-    failures += _measure_all(backend, wanted, sensor, open_model, open_candidate)
+    failures += _measure_all(backend, wanted, sensor, open_model, open_candidate, job.get("inputs"))
     during = peaks.stop()
     after = thermal.snapshot(sysfs_root)
     failures += _guarded("thermal", lambda: _thermal_events(before, after, during))
@@ -67,14 +69,23 @@ def run_job(job: dict[str, Any]) -> int:
 
 
 def _measure_all(backend: Any, wanted: dict[str, Any], sensor: Any, open_model: Callable[[str], Any],
-                 open_candidate: Callable[[], Any]) -> int:
+                 open_candidate: Callable[[], Any], inputs: dict[str, Any] | None = None) -> int:
+    feeds: dict[str, Any] = {}  # a generic model's input arrays, read once for both of its steps
+
+    def generic_inputs() -> dict[str, Any]:
+        if not feeds:
+            feeds.update(generic.read_inputs(inputs or {}))
+        return feeds
+
     steps: list[tuple[str, Callable[[], Iterable[dict[str, Any]]]]] = [
         ("prefill", lambda: measure.prefill(backend, wanted["prefill"], sensor)),
         ("decode", lambda: measure.decode(backend, wanted["decode"], sensor)),
         ("embed", lambda: embedding.latency(backend, wanted["embed"], sensor)),
+        ("infer", lambda: generic.latency(backend, wanted["infer"], generic_inputs(), sensor)),
         ("peak_rss", measure.peak_rss),
         ("accuracy", lambda: accuracy.accuracy(backend, wanted["accuracy"])),
         ("similarity", lambda: embedding.similarity(backend, wanted["similarity"])),
+        ("agreement", lambda: generic.agreement(backend, wanted["agreement"], generic_inputs())),
         ("bandwidth", lambda: measure.bandwidth(wanted["bandwidth"])),
         # last: its extra sessions must not count in peak_rss, nor its time delay the accuracy
         ("paired_decode", lambda: measure.paired_decode(open_candidate, open_model, wanted["paired_decode"])),
@@ -112,6 +123,8 @@ def _guarded(name: str, step: Callable[[], Iterable[dict[str, Any]]]) -> int:
 
 
 def _error(measurement: str, exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, BrokenPlugin):  # its one line names the entry point; a traceback into importlib would not
+        return {"event": "error", "measurement": measurement, "message": str(exc)}
     return {
         "event": "error",
         "measurement": measurement,
@@ -120,8 +133,18 @@ def _error(measurement: str, exc: BaseException) -> dict[str, Any]:
     }
 
 
+def _start() -> None:
+    emit({"event": "start", "protocol": PROTOCOL_VERSION, "python": platform.python_version()})
+
+
 def main() -> int:
     job = json.loads(sys.stdin.read())
+    refused = refusal(job)
+    if refused is not None:  # measured on a job it may misread, a runner would give figures no one can trust
+        _start()
+        emit(refused)
+        emit({"event": "done", "failures": 1})
+        return REFUSED_EXIT
     return run_job(job)
 
 

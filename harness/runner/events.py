@@ -1,4 +1,4 @@
-"""The one event shape the runner streams: a JSON object per line."""
+"""The one event shape the runner streams: a JSON object per line (every kind, typed: protocol.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Any
 
-Event = dict[str, Any]
+Event = dict[str, Any]  # one of protocol.py's TypedDicts; built as a plain dict, as JSON gives it to the host
 
 
 def metric(name: str, value: float | None, unit: str, samples: list[float] | None = None, note: str | None = None,

@@ -2,6 +2,14 @@
 
 Every sysfs path is joined under ``settings["sysfs_root"]`` (default "/") so tests can point at a fake tree.
 Standard library only (plus ``pynvml``, imported lazily, for kind "nvml").
+
+Other kinds come from installed distributions, entry point group ``edgegate.sensors``: a callable
+taking the sensor settings (the profile's ``power_sensor`` mapping, with ``sysfs_root``) and
+returning a sensor (``read_watts`` and ``read_energy_j``; ``PowerSensor`` says what else it may
+have) or ``Unavailable`` (or any object with a ``reason``: on a device a plugin cannot import
+this module by its name). EdgeGate registers its own kinds there too, but opens them from
+``OPENERS``: the runner ships to a device without an installed edgegate. A sensor plugin that is
+missing or broken gives no figure, only the reason, one line naming its distribution.
 """
 
 from __future__ import annotations
@@ -13,9 +21,12 @@ import shlex
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from .entrypoints import SENSORS as GROUP
+from .entrypoints import BrokenPlugin, is_callable, one_line, plugins
 
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 _SKIPPED_LABELS = {"sum of shunt voltages", "nc"}
@@ -276,22 +287,53 @@ class CommandMeter(_Sensor):
         self.error = reason
 
 
+def open_none(settings: dict[str, Any]) -> Unavailable:
+    return Unavailable("no sensor (the device profile names none)")
+
+
+def open_ina3221(settings: dict[str, Any]) -> PowerSensor | Unavailable:
+    return _open_ina3221(settings.get("sysfs_root") or "/")
+
+
+def open_rapl(settings: dict[str, Any]) -> PowerSensor | Unavailable:
+    return _open_rapl(settings.get("sysfs_root") or "/")
+
+
+def open_nvml(settings: dict[str, Any]) -> PowerSensor | Unavailable:
+    return _open_nvml(int(settings.get("gpu_index", 0)))
+
+
+def open_command(settings: dict[str, Any]) -> PowerSensor | Unavailable:
+    if not settings.get("command"):
+        return Unavailable("kind 'command' needs a command that prints watts")
+    return CommandMeter(settings["command"])
+
+
+Opener = Callable[[dict[str, Any]], "PowerSensor | Unavailable"]
+OPENERS: dict[str, Opener] = {"none": open_none, "ina3221": open_ina3221, "rapl": open_rapl, "nvml": open_nvml,
+                              "command": open_command}
+
+
 def open_sensor(settings: dict[str, Any]) -> PowerSensor | Unavailable:
     kind = settings.get("kind") or "none"
-    root = settings.get("sysfs_root") or "/"
-    if kind == "none":
-        return Unavailable("no sensor (the device profile names none)")
-    if kind == "ina3221":
-        return _open_ina3221(root)
-    if kind == "rapl":
-        return _open_rapl(root)
-    if kind == "nvml":
-        return _open_nvml(int(settings.get("gpu_index", 0)))
-    if kind == "command":
-        if not settings.get("command"):
-            return Unavailable("kind 'command' needs a command that prints watts")
-        return CommandMeter(settings["command"])
-    return Unavailable(f"unknown power sensor kind {kind!r}")
+    if kind in OPENERS:
+        return OPENERS[kind](settings)
+    plugin = plugins(GROUP).get(kind)
+    if plugin is None:
+        return Unavailable(f"unknown power sensor kind {kind!r}: not built in ({', '.join(OPENERS)}) and no "
+                           f"installed distribution of this Python registers it under {GROUP}")
+    try:
+        sensor = plugin.load(is_callable("a callable taking the sensor settings"))(settings)
+    except BrokenPlugin as exc:
+        return Unavailable(str(exc))
+    except Exception as exc:  # noqa: BLE001 - someone else's sensor: no figure, the reason
+        return Unavailable(f"{plugin.describe()} could not open the sensor: {one_line(exc)}")
+    if isinstance(sensor, Unavailable) or all(callable(getattr(sensor, n, None)) for n in ("read_watts", "read_energy_j")):
+        return sensor
+    if isinstance(getattr(sensor, "reason", None), str):  # its own Unavailable: on a device it cannot import ours by name
+        return Unavailable(f"{sensor.reason} ({plugin.describe()})")
+    return Unavailable(f"{plugin.describe()} returned a {type(sensor).__name__}, not a sensor (read_watts, "
+                       f"read_energy_j) or Unavailable")
 
 
 class PowerSampler:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import json
+import logging
 import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+from ..errors import RunnerError
+from ..runner.protocol import decode_line, start_mismatch
+
+RUNNER_OUTPUT = logging.getLogger("edgegate.runner_output")  # what a runner printed that is not an event
 
 
 @dataclass(frozen=True)
@@ -40,16 +45,21 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
-def parse_events(lines: Iterable[str | bytes]) -> Iterator[dict[str, Any]]:
-    """The runner's JSON lines; anything else it printed comes through as a log event."""
+def parse_events(lines: Iterable[str | bytes], device: str = "the device") -> Iterator[dict[str, Any]]:
+    """The runner's JSON lines. Anything else it printed (a runtime library writing to stdout) is
+    logged with the device's name on ``RUNNER_OUTPUT`` and comes through as a log event, and an
+    event glued to it is kept; a runner of another protocol version raises RunnerError at its start."""
     for raw in lines:
-        line = (raw.decode(errors="replace") if isinstance(raw, bytes) else raw).strip()
-        if not line:
+        event, stray = decode_line(raw.decode(errors="replace") if isinstance(raw, bytes) else raw)
+        if stray:
+            RUNNER_OUTPUT.warning("runner on %s printed: %s", device, stray[:2000])
+            yield {"event": "log", "line": stray}
+        if event is None:
             continue
-        try:
-            yield json.loads(line)
-        except ValueError:
-            yield {"event": "log", "line": line}
+        mismatch = start_mismatch(event)
+        if mismatch:
+            raise RunnerError(f"runner on {device}: {mismatch}")
+        yield event
 
 
 _SIGNAL_HINTS = {

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import progress
 from ..errors import RunnerError, TransportError
 from ..profiles import DeviceProfile
 from .base import CommandResult, Watchdog, describe_end, parse_events
@@ -71,7 +72,8 @@ class LocalTransport:
             assert process.stdin is not None and process.stdout is not None
             process.stdin.write(json.dumps(job))
             process.stdin.close()
-            for event in parse_events(process.stdout):
+            label = f"{progress.name_of(Path(job.get('model', '')).parent)} on {self.profile.name}"
+            for event in progress.measuring(parse_events(process.stdout, self.profile.name), label):
                 watchdog.restart()
                 yield event
             code = process.wait()

@@ -12,6 +12,7 @@ import json
 import os
 import shlex
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
@@ -19,6 +20,7 @@ from typing import Any
 
 import paramiko
 
+from .. import progress
 from ..errors import (
     ConfigError,
     DeviceUnreachable,
@@ -53,10 +55,15 @@ class SshTransport:
         self._home: str | None = None
         self.runner_dir: str | None = None  # set by ensure_runner once the runner is on the device
         self.last_deploy: Any = None
+        self._lock = threading.RLock()  # the lease renews from its own thread over this connection
 
     # -- connection ---------------------------------------------------------------------------
     def connect(self) -> paramiko.Transport:
         """The live connection, opening one (with retries and backoff) if needed."""
+        with self._lock:
+            return self._connect()
+
+    def _connect(self) -> paramiko.Transport:
         if self._transport is not None and self._transport.is_active():
             return self._transport
         self._drop()
@@ -233,7 +240,8 @@ class SshTransport:
             channel.exec_command(command)
             channel.sendall(json.dumps(job).encode())
             channel.shutdown_write()
-            yield from parse_events(channel.makefile("rb"))
+            label = f"{progress.name_of(PurePosixPath(job.get('model', '')).parent)} on {self.profile.name}"
+            yield from progress.measuring(parse_events(channel.makefile("rb"), self.profile.name), label)
             stderr = _read_all(channel.makefile_stderr("rb"))
             status = _exit_status(channel, timeout_s)
         except TimeoutError:
@@ -265,6 +273,10 @@ class SshTransport:
 
     # -- files ----------------------------------------------------------------------------------
     def sftp(self) -> paramiko.SFTPClient:
+        with self._lock:
+            return self._open_sftp()
+
+    def _open_sftp(self) -> paramiko.SFTPClient:
         if self._sftp is None or self._transport is None or not self._transport.is_active():
             self._sftp = paramiko.SFTPClient.from_transport(self.connect(), window_size=WINDOW_SIZE,
                                                             max_packet_size=MAX_PACKET_SIZE)
@@ -284,8 +296,13 @@ class SshTransport:
         # A write blocked on a dead link never times out in paramiko: closing the connection ends it.
         watchdog = Watchdog(stall_s, self._drop)
         status, stderr, stalled = -1, "", False
+
+        def sent(count: int) -> None:
+            watchdog.restart()
+            progress.advance("upload", count)  # the bar of the deploy this file belongs to
+
         try:
-            stalled = not _send_file(channel, local, remote, watchdog.restart)
+            stalled = not _send_file(channel, local, remote, sent)
             if not stalled and not watchdog.fired:
                 status, stderr = _finish(channel, stall_s)
         except TimeoutError:
@@ -308,13 +325,14 @@ class SshTransport:
 
         folder = Path(runner.__file__).parent
         files = {f"{RUNNER_PACKAGE}/{p.relative_to(folder).as_posix()}": p for p in sorted(folder.rglob("*.py"))}
-        self.runner_dir = deploy.deploy_tree(self, files, "runner").remote_dir
+        self.runner_dir = deploy.deploy_tree(self, files, "runner", label="the runner").remote_dir
 
     def stage(self, folder: Path, hashes: Mapping[str, str]) -> str:
         from .. import deploy
 
         files = {name: folder / name for name in hashes}
-        self.last_deploy = deploy.deploy_tree(self, files, "artifacts", hashes)
+        self.last_deploy = deploy.deploy_tree(self, files, "artifacts", hashes, label=progress.name_of(folder))
+        progress.name_folder(self.last_deploy.remote_dir, progress.name_of(folder))  # for run_job's bar
         return self.last_deploy.remote_dir
 
     def get(self, remote: str, local: Path) -> None:
@@ -335,6 +353,10 @@ class SshTransport:
         self._drop()
 
     def _drop(self) -> None:
+        with self._lock:
+            self._close_all()
+
+    def _close_all(self) -> None:
         for closable in (self._sftp, self._transport):
             try:
                 if closable is not None:
@@ -381,14 +403,14 @@ def _drain(channel: paramiko.Channel) -> tuple[bytes, bytes]:
     return channel.makefile("rb").read(), channel.makefile_stderr("rb").read()
 
 
-def _send_file(channel: paramiko.Channel, local: Path, remote: str, progress: Callable[[], None]) -> bool:
+def _send_file(channel: paramiko.Channel, local: Path, remote: str, on_sent: Callable[[int], None]) -> bool:
     """Stream ``local`` into ``cat > remote``; False if the channel stalled past its timeout."""
     try:
         channel.exec_command(f"cat > {shlex.quote(remote)}")
         with local.open("rb") as source:
             for block in iter(lambda: source.read(UPLOAD_CHUNK), b""):
                 channel.sendall(block)
-                progress()
+                on_sent(len(block))
         channel.shutdown_write()
     except TimeoutError:
         return False

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BuildError
-from ..suites import BaseModelSpec
+from ..modelspec import BaseModelSpec
 
 POOLING_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}
 
@@ -32,7 +32,8 @@ class BaseModel:
     folder: Path
     gguf_file: str | None
     files: tuple[Path, ...]
-    task: str = "causal_lm"  # or "sentence_embedding": a sentence-transformers folder
+    task: str = "causal_lm"  # or "sentence_embedding": a sentence-transformers folder; "generic": an ONNX file
+    onnx_file: str | None = None  # generic: the model file in ``folder``
 
     def content_hash(self) -> str:
         digest = hashlib.sha256()
@@ -48,7 +49,11 @@ def locate(spec: BaseModelSpec) -> BaseModel:
         return _from_package(spec.package or "", spec.file or "")
     if spec.kind == "sentence_transformers_package":
         return _sentence_transformers_folder(_package_folder(spec.package or "", spec.folder or ""))
+    if spec.kind == "onnx_package":
+        return _onnx_file(_package_file(spec.package or "", spec.file or ""))
     assert spec.path is not None
+    if spec.kind == "onnx_file":
+        return _onnx_file(spec.path)
     if spec.kind == "sentence_transformers_dir":
         return _sentence_transformers_folder(spec.path)
     if spec.kind == "gguf_file":
@@ -80,6 +85,31 @@ def _package_folder(package: str, folder: str) -> Path:
         if entry.as_posix() == prefix + "config.json":
             return Path(str(dist.locate_file(entry))).parent
     raise BuildError(f"package {package!r} ships no folder {folder!r} with a config.json")
+
+
+def _package_file(package: str, file: str) -> Path:
+    """The installed location of ``file`` (a path inside the package's files, e.g. ``pkg/models/m.onnx``)."""
+    dist = _distribution(package)
+    for entry in dist.files or ():
+        if entry.as_posix() == file.strip("/"):
+            return Path(str(dist.locate_file(entry)))
+    raise BuildError(f"package {package!r} ships no file {file!r}")
+
+
+def _onnx_file(path: Path) -> BaseModel:
+    """An ONNX model file and the external-data files beside it that its graph names (all hashed)."""
+    import onnx
+
+    if not path.is_file():
+        raise BuildError(f"base model file {path} does not exist")
+    try:
+        graph = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises its own DecodeError
+        raise BuildError(f"base model file {path} is not an ONNX model: {exc}") from None
+    locations = {entry.value for tensor in graph.graph.initializer if tensor.data_location == onnx.TensorProto.EXTERNAL
+                 for entry in tensor.external_data if entry.key == "location"}
+    extra = tuple(path.parent / name for name in sorted(locations))
+    return BaseModel(path.parent, None, (path, *extra), task="generic", onnx_file=path.name)
 
 
 def _sentence_transformers_folder(folder: Path) -> BaseModel:

@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import generic_inputs, progress
+from ..config import contained_path
 from ..errors import BuildError, ConfigError
-from ..suites import Suite, VariantSpec, contained_path
+from ..suites import Suite, VariantSpec
 from . import base_models, cache
 from .recipes import RECIPES
 from .recipes._context import MODEL_FILE, TOKENIZER_FILE, BuildContext
@@ -64,11 +66,13 @@ class VariantFactory:
         """The variant's artifact; a ``parent:`` variant is built first and replaces the recipe's PARENT."""
         parent = self.artifact(self.suite.variant(variant.parent)) if variant.parent else None
         try:
-            return self._artifact(variant.recipe, variant.params, parent, f"variants.{variant.name}.params")
+            artifact = self._artifact(variant.recipe, variant.params, parent, f"variants.{variant.name}.params")
         except BuildError as exc:  # a file its runtime cannot load, a tool that failed: say which variant
             if str(exc).startswith(f"variant {variant.name} "):
                 raise
             raise BuildError(f"variant {variant.name} ({variant.recipe}): {exc}") from exc
+        progress.name_folder(artifact.folder, variant.name)  # uploads and measurements say "int8", not the key
+        return artifact
 
     def _base_model(self) -> tuple[base_models.BaseModel, str]:
         if self._base is None:
@@ -105,6 +109,7 @@ class VariantFactory:
             # base_models too: how the base is loaded (weights, tokenizer) shapes every artifact
             "code": cache.code_hash(recipe, base_models, *getattr(recipe, "USES", ())),
             **({"param_files": {name: digest for name, (_, digest) in files.items()}} if files else {}),
+            **({"sample_inputs": generic_inputs.digest(self.suite.infer.inputs)} if self._samples_inputs(recipe) else {}),
         }
         key = cache.cache_key(inputs)
         folder = self.cache_root / "variants" / f"{recipe_name}-{key[:16]}"
@@ -125,6 +130,10 @@ class VariantFactory:
         self._built[plan.key] = artifact
         return artifact
 
+    def _samples_inputs(self, recipe: Any) -> bool:
+        """A recipe that may draw a generic model's declared inputs (calibration): they enter its key."""
+        return bool(getattr(recipe, "SAMPLES_INPUTS", False)) and self.suite.base_model.task == "generic"
+
     def _param_files(self, recipe: Any, params: dict[str, Any], params_field: str) -> dict[str, tuple[Path, str]]:
         """(resolved path, content hash) of each parameter naming a file relative to the suite file."""
         files = {}
@@ -143,15 +152,17 @@ class VariantFactory:
         self.log(f"building {recipe.NAME} {params}")
         started = time.perf_counter()
         suite_file, params_field, paths = source
-        context = BuildContext(base, parent.folder if parent else None, out, params,
-                               lambda line: self.log(f"  {recipe.NAME}: {line}"),
-                               suite_file=suite_file, params_field=params_field, paths=paths)
-        try:
-            facts = recipe.build(context)
-        except ImportError as exc:
-            raise BuildError(f"recipe {recipe.NAME} needs {exc.name or exc}: pip install -e '.[build]'") from exc
-        seconds = time.perf_counter() - started
-        self.log(f"built {recipe.NAME} in {seconds:.1f} s")
+        # a bar (or a result line), and the tools' own output into the run's build log
+        with progress.task("build", _build_label(recipe.NAME, params_field), log=self.log) as step:
+            context = BuildContext(base, parent.folder if parent else None, out, params, step.detail,
+                                   suite_file=suite_file, params_field=params_field, paths=paths,
+                                   sample_inputs=self.suite.infer.inputs)
+            try:
+                facts = recipe.build(context)
+            except ImportError as exc:
+                raise BuildError(f"recipe {recipe.NAME} needs {exc.name or exc}: pip install -e '.[build]'") from exc
+            seconds = time.perf_counter() - started
+            step.finish(f"built {step.label} in {seconds:.1f} s")
         return {
             **inputs,
             "key": cache.cache_key(inputs),
@@ -162,6 +173,14 @@ class VariantFactory:
             "runtime": getattr(recipe, "RUNTIME", "onnxruntime"),
             "model_file": getattr(recipe, "MODEL_FILE", MODEL_FILE),
         }
+
+
+def _build_label(recipe_name: str, params_field: str) -> str:
+    """What a build is called: "int8 (fused_decoder)" for a suite's variant (its params field is
+    variants.<name>.params), the recipe's name alone for a recipe's implicit parent."""
+    parts = params_field.split(".")
+    named = len(parts) == 3 and parts[0] == "variants" and parts[1] != recipe_name
+    return f"{parts[1]} ({recipe_name})" if named else recipe_name
 
 
 def _check_param_types(suite_file: Path, params_field: str, defaults: dict[str, Any], given: dict[str, Any]) -> None:

@@ -10,13 +10,17 @@ absent), and ``build(ctx) -> dict`` (facts for the manifest). Heavy imports stay
 A suite variant may name another variant as its ``parent:`` instead of the recipe's PARENT.
 
 Every module of this package whose name does not start with ``_`` is a recipe: a new recipe is
-one new file.
+one new file. Other distributions add recipes under the entry point group ``edgegate.recipes``
+(``name = "package.module"``, the module as above, its NAME the entry point's name); a built-in
+name is always the built-in recipe. A plugin recipe is imported when a suite names it, so a broken
+one fails only the suites that use it (plugins_registry.PluginError: one line, its distribution).
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Iterator, Mapping
 from types import ModuleType
 
 
@@ -31,4 +35,34 @@ def _discover() -> dict[str, ModuleType]:
     return found
 
 
-RECIPES: dict[str, ModuleType] = _discover()
+class _Recipes(Mapping[str, ModuleType]):
+    """The built-in recipes, then the plugins' (looked up by name; imported when asked for)."""
+
+    def __init__(self, builtin: dict[str, ModuleType]) -> None:
+        self.builtin = builtin
+
+    def __getitem__(self, name: str) -> ModuleType:
+        if name in self.builtin:
+            return self.builtin[name]
+        if name in self._extra():
+            from ...plugins_registry import load_recipe
+
+            return load_recipe(name)
+        raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:  # by name: a plugin is not imported to answer
+        return name in self.builtin or name in self._extra()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([*self.builtin, *self._extra()])
+
+    def __len__(self) -> int:
+        return len(self.builtin) + len(self._extra())
+
+    def _extra(self) -> list[str]:
+        from ...plugins_registry import recipe_names
+
+        return recipe_names(self.builtin)
+
+
+RECIPES: Mapping[str, ModuleType] = _Recipes(_discover())

@@ -88,7 +88,7 @@ def scheme(params: dict[str, Any]) -> str:
 
 def _check(ctx: BuildContext) -> None:
     if ctx.base.task != "causal_lm":
-        raise ctx.config_error("quantization", f"{NAME} builds decoder LLMs; this base model is a {ctx.base.task}")
+        raise ctx.not_applicable(NAME, f"it builds decoder LLMs; this base model is a {ctx.base.task}")
     if ctx.params["quantization"] not in QUANTIZATIONS:
         raise ctx.config_error("quantization", f"must be one of {', '.join(QUANTIZATIONS)}, "
                                                f"got {ctx.params['quantization']!r}")

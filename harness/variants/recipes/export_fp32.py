@@ -1,5 +1,6 @@
 """The fp32 reference: the base model exported to ONNX (a causal LM with an explicit KV cache,
-or a sentence encoder with its pooling in the graph)."""
+or a sentence encoder with its pooling in the graph); a generic ONNX model is the file itself,
+checked by onnx's checker and copied (with its external data, if any)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ def build(ctx: BuildContext) -> dict[str, Any]:
 
     if ctx.base.task == "sentence_embedding":
         return _build_sentence_encoder(ctx)
+    if ctx.base.task == "generic":
+        return _copy_onnx_model(ctx)
     ctx.log("loading the base model with transformers (a GGUF is dequantized to fp32)")
     model, tokenizer = load_for_export(ctx.base)
     export.untie_lm_head(model)
@@ -48,6 +51,42 @@ def _build_sentence_encoder(ctx: BuildContext) -> dict[str, Any]:
         "pooling": encoder.pooling,
         "normalize": encoder.normalize,
     }
+
+
+def _copy_onnx_model(ctx: BuildContext) -> dict[str, Any]:
+    import shutil
+
+    import onnx
+
+    from ...errors import BuildError
+
+    source = ctx.base.folder / (ctx.base.onnx_file or "")
+    try:
+        onnx.checker.check_model(str(source))  # by path: a model over 2 GB or with external data too
+    except onnx.checker.ValidationError as exc:
+        raise BuildError(f"{source} is not a valid ONNX model: {str(exc).splitlines()[0]}") from None
+    if len(ctx.base.files) > 1:  # external data: saved again under the artifact's own names
+        onnx.save_model(onnx.load(str(source)), str(ctx.out_model), save_as_external_data=True,
+                        location=f"{ctx.out_model.name}.data")
+    else:
+        shutil.copy2(source, ctx.out_model)
+    ctx.log(f"copied {source.name} ({source.stat().st_size / 1e6:.1f} MB), checked by onnx.checker")
+    graph = onnx.load(str(ctx.out_model), load_external_data=False)
+    constants = {init.name for init in graph.graph.initializer}
+    return {
+        "source": source.name,
+        "opsets": {entry.domain or "ai.onnx": entry.version for entry in graph.opset_import},
+        "inputs": [value.name for value in graph.graph.input if value.name not in constants],
+        "outputs": [value.name for value in graph.graph.output],
+        "parameters": int(sum(_elements(init.dims) for init in graph.graph.initializer)),
+    }
+
+
+def _elements(dims: Any) -> int:
+    count = 1
+    for dim in dims:
+        count *= int(dim)
+    return count
 
 
 def _keep_only_the_fast_tokenizer(ctx: BuildContext, tokenizer: Any) -> None:

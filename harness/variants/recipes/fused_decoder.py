@@ -55,7 +55,7 @@ def build(ctx: BuildContext) -> dict[str, Any]:
 
 def _check(ctx: BuildContext) -> None:
     if ctx.base.task != "causal_lm":
-        raise ctx.config_error("precision", f"{NAME} builds decoder LLMs; this base model is a {ctx.base.task}")
+        raise ctx.not_applicable(NAME, f"it builds decoder LLMs; this base model is a {ctx.base.task}")
     if ctx.params["precision"] not in PRECISIONS:
         raise ctx.config_error("precision", f"must be one of {', '.join(PRECISIONS)}, got {ctx.params['precision']!r}")
     if ctx.params["algorithm"] not in ALGORITHMS:
@@ -120,8 +120,7 @@ def _run_builder(ctx: BuildContext, command: list[str]) -> None:
     lines = []
     for line in process.stdout:
         lines.append(line)
-        if line.strip() and "%|" not in line:  # progress bars: one line per tensor
-            ctx.log(f"  builder: {line.rstrip()[:200]}")
+        sys.stdout.write(line)  # its chatter (a line per tensor and per percent): the run's build log
     if process.wait() != 0:
         tail = "".join(lines[-15:]).rstrip()
         raise BuildError(f"onnxruntime-genai's model builder exited with {process.returncode}; its last lines:\n{tail}")

@@ -32,7 +32,7 @@ def build(ctx: BuildContext) -> dict[str, Any]:
 
     name = _gguf.type_name(ctx)
     if ctx.base.task != "causal_lm":
-        raise ctx.config_error("type", f"{NAME} builds decoder LLMs; this base model is a {ctx.base.task}")
+        raise ctx.not_applicable(NAME, f"it builds decoder LLMs; this base model is a {ctx.base.task}")
     ctx.log("loading the base model with transformers (a GGUF is dequantized to fp32)")
     model, tokenizer = load_for_export(ctx.base)
     tokenizer_json = _gguf.keep_tokenizer(ctx, tokenizer)

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import int8_dynamic
 from ._context import BuildContext
 
 NAME = "int4_weight_only"
 PARENT = "export_fp32"
 TOOLS = ("onnx", "onnxruntime", "torch")
+USES = (int8_dynamic,)  # its preparation of a generic graph
 # rtn by default: onnxruntime 1.32's HQQ output (float zero points) decodes SmolLM2 ~8x slower on
 # x86 CPUs (245 vs 32 ms/token) for better perplexity (20.9 vs 24.5); a suite can choose.
 DEFAULTS: dict[str, Any] = {"block_size": 32, "symmetric": False, "bits": 4, "algorithm": "rtn",
@@ -32,7 +34,10 @@ def build(ctx: BuildContext) -> dict[str, Any]:
         raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {params['algorithm']!r}")
     ctx.log(f"quantizing weights to {params['bits']}-bit blocks of {params['block_size']} with {params['algorithm']}"
             f"{' (embedding too)' if params['quantize_embedding'] else ''}")
-    model = onnx.load(str(ctx.parent_model))
+    with int8_dynamic.prepared_for_quantization(ctx) as source:  # a generic graph's Constant weights become initializers
+        model = onnx.load(str(source))
+    if not has_constant_matmul_weights(model):
+        raise ctx.not_applicable(NAME, "the graph has no MatMul with a constant 2-D weight for MatMulNBits to quantize")
     for config in _configs(params):  # HQQ has no Gather support: the embedding then takes a second, RTN pass
         quantizer = MatMulNBitsQuantizer(model, algo_config=config)
         quantizer.process()
@@ -44,6 +49,13 @@ def build(ctx: BuildContext) -> dict[str, Any]:
         if node.op_type in ("MatMulNBits", "GatherBlockQuantized"):
             counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return {"quantized_ops": counts}
+
+
+def has_constant_matmul_weights(model: Any) -> bool:
+    """Whether any MatMul multiplies by an initializer of rank 2: the only weights MatMulNBits takes."""
+    constants = {init.name: init for init in model.graph.initializer}
+    return any(node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in constants
+               and len(constants[node.input[1]].dims) == 2 for node in model.graph.node)
 
 
 def _configs(params: dict[str, Any]) -> list[Any]:

@@ -83,7 +83,7 @@ def build(ctx: BuildContext) -> dict[str, Any]:
 def _check(ctx: BuildContext) -> str:
     params = ctx.params
     if ctx.base.task != "causal_lm":
-        raise ctx.config_error("quantization", f"{NAME} builds decoder LLMs; this base model is a {ctx.base.task}")
+        raise ctx.not_applicable(NAME, f"it builds decoder LLMs; this base model is a {ctx.base.task}")
     if params["quantization"] not in QUANTIZATIONS:
         raise ctx.config_error("quantization", f"must be one of {', '.join(QUANTIZATIONS)}, got {params['quantization']!r}")
     lengths = params["prefill_lengths"]

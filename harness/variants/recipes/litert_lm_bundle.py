@@ -82,7 +82,7 @@ def _opened(ctx: BuildContext) -> Any:
 
 def _check(ctx: BuildContext) -> None:
     if ctx.base.task != "causal_lm":
-        raise ctx.config_error("quantization", f"{NAME} builds decoder LLMs; this base model is a {ctx.base.task}")
+        raise ctx.not_applicable(NAME, f"it builds decoder LLMs; this base model is a {ctx.base.task}")
     if ctx.params["quantization"] not in RECIPES:
         raise ctx.config_error("quantization", f"must be one of {', '.join(RECIPES)}, got {ctx.params['quantization']!r}")
     lengths = ctx.params["prefill_lengths"]
