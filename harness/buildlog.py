@@ -64,7 +64,7 @@ class BuildLog:
             yield
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8", errors="replace", buffering=1)
+        self._file = open(self.path, "a", encoding="utf-8", errors="replace", buffering=1)  # noqa: SIM115 - closed below
         self.section_start = self._file.tell()
         self._file.write(f"==== {title} ({time.strftime('%Y-%m-%d %H:%M:%S')}) ====\n")
         try:

@@ -12,6 +12,10 @@ Verbosity follows pytest's -q/-v: each line has the lowest verbosity that still 
 script, a test calling the factory), a task writes its detail and result lines to the ``log``
 callable it was given, as the code did before this module.
 
+A build task also sends what the build's tools print to the display's build log
+(harness/buildlog.py), and a failed build shows that log's last lines. A measurement's result
+line counts the timed regions the runner measured again because they were disturbed.
+
 Labels: uploads and measurements happen below the code that knows the variant's name, so the
 factory names each artifact folder (``name_folder``) and the transports look the name up.
 """
@@ -84,7 +88,13 @@ class BarSink:
     leaving the result line. ``before_drawing`` ends a half-written line of pytest's first."""
 
     def __init__(self, console: Any, before_drawing: Callable[[], None] = lambda: None) -> None:
-        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         self.console = console
         self.before_drawing = before_drawing

@@ -108,6 +108,7 @@ class Recorder:
         if not self._started:
             return
         quiet = self.config.get_verbosity() < 0  # -q: the run, its verdicts and its report, nothing else
+        terminalreporter.currentfspath = None  # the items' line is done: write_line must not add a blank one
         terminalreporter.section("EdgeGate")
         terminalreporter.write_line(f"run {self.run_id}; history: {self.store.label}")  # bench/ scripts parse it
         counts = self._verdict_counts()

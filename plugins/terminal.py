@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from edgegate.buildlog import BuildLog
 from edgegate.progress import BarSink, Display, LineSink, bars_wanted
 
@@ -62,9 +61,21 @@ def _columns(fd: int) -> int:
 
 
 def _reporter_lines(capture: Any, reporter: Any, build_log: BuildLog) -> Callable[[str], None]:
+    """Lines through pytest's terminal writer. Without -v they leave pytest's "suites/x.yaml "
+    as its current file, so the item's "." follows them instead of the file's name being written
+    again for every item (two lines an item less); with -v pytest writes the item's name again
+    before its PASSED, as it does after any plugin's line."""
+
     def write(line: str) -> None:
         with build_log.paused(), capture.global_and_fixture_disabled():
-            reporter.write_line(line)
+            if reporter.showlongtestinfo:
+                reporter.write_line(line)
+                return
+            writer = reporter.config.get_terminal_writer()
+            if writer.width_of_current_line:
+                writer.line()
+            writer.line(line)
+            writer.flush()
 
     return write
 

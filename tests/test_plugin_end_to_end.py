@@ -44,9 +44,9 @@ def test_suite_passes_records_and_reports(pytester: pytest.Pytester, tiny_projec
 
 def test_second_run_builds_nothing(pytester: pytest.Pytester, tiny_project: Path, shared_cache: Path) -> None:
     run_suite(pytester, shared_cache).assert_outcomes(passed=3)
-    second = run_suite(pytester, shared_cache)
+    second = run_suite(pytester, shared_cache, "-v")  # -v: a build would say "building"
     second.assert_outcomes(passed=3)
-    assert "[edgegate] building" not in second.stdout.str()
+    assert "[edgegate] building" not in second.stdout.str() and "[edgegate] built" not in second.stdout.str()
 
 
 def test_broken_threshold_fails_only_that_variant(pytester: pytest.Pytester, tiny_project: Path, shared_cache: Path) -> None:

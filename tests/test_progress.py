@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import LOCAL_PROFILE, write_tiny_suite
 from edgegate import progress
 from edgegate.deploy import deploy_tree
@@ -215,9 +214,8 @@ def test_an_upload_shows_its_bytes_and_rate(tmp_path: Path) -> None:
     sshdevices = pytest.importorskip("sshdevices")
     if not Path("/usr/sbin/sshd").exists():
         pytest.skip("OpenSSH server not installed (apt-get install openssh-server)")
-    from rich.console import Console
-
     from edgegate.transport.ssh import SshTransport
+    from rich.console import Console
 
     blob = tmp_path / "model.onnx"
     blob.write_bytes(os.urandom(6 << 20))
