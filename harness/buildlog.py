@@ -19,6 +19,7 @@ redirection of fds and streams for that moment (pytest's capture toggles the sam
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
@@ -118,11 +119,12 @@ class BuildLog:
         self._redirected.saved_fds = {fd: os.dup(fd) for fd in STD_FDS}
         for fd in STD_FDS:
             os.dup2(self._file.fileno(), fd)
-        sys.stdout = sys.stderr = self._file
+        sys.stdout = sys.stderr = _Unclosable(self._file)  # type: ignore[assignment]
 
     def _restore_streams(self) -> None:
         assert self._file is not None and self._redirected is not None
-        self._file.flush()
+        if not self._file.closed:
+            self._file.flush()
         for fd, saved in self._redirected.saved_fds.items():
             os.dup2(saved, fd)
             os.close(saved)
@@ -183,4 +185,34 @@ def _flush(stream: Any) -> None:
     try:
         stream.flush()
     except (AttributeError, OSError, ValueError):
+        pass
+
+
+class _Unclosable(io.TextIOBase):
+    """sys.stdout and sys.stderr during a build: writes go to the build log, and a tool that
+    closes sys.stdout (seen in an ExecuTorch export) does not close the log under the build."""
+
+    def __init__(self, target: TextIO) -> None:
+        self._target = target
+
+    def write(self, text: str) -> int:
+        return self._target.write(text)
+
+    def flush(self) -> None:
+        self._target.flush()
+
+    def fileno(self) -> int:
+        return self._target.fileno()
+
+    def isatty(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self._target.encoding
+
+    def close(self) -> None:
         pass
