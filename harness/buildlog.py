@@ -66,6 +66,7 @@ class BuildLog:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", encoding="utf-8", errors="replace", buffering=1)  # noqa: SIM115 - closed below
+        self._view = _Unclosable(self._file)  # all anyone else gets: a tool may close what it is handed
         self.section_start = self._file.tell()
         self._file.write(f"==== {title} ({time.strftime('%Y-%m-%d %H:%M:%S')}) ====\n")
         try:
@@ -109,7 +110,7 @@ class BuildLog:
     def _warning(self, message: Warning | str, category: type[Warning], filename: str, lineno: int,
                  file: TextIO | None = None, line: str | None = None) -> None:
         assert self._file is not None
-        self._file.write(warnings.formatwarning(message, category, filename, lineno, line))
+        self._view.write(warnings.formatwarning(message, category, filename, lineno, line))
 
     def _redirect_streams(self) -> None:
         assert self._file is not None and self._redirected is not None
@@ -119,7 +120,7 @@ class BuildLog:
         self._redirected.saved_fds = {fd: os.dup(fd) for fd in STD_FDS}
         for fd in STD_FDS:
             os.dup2(self._file.fileno(), fd)
-        sys.stdout = sys.stderr = _Unclosable(self._file)  # type: ignore[assignment]
+        sys.stdout = sys.stderr = self._view  # type: ignore[assignment]
 
     def _restore_streams(self) -> None:
         assert self._file is not None and self._redirected is not None
@@ -142,10 +143,10 @@ class BuildLog:
                 redirected.muted.append(handler)
             elif isinstance(handler, logging.StreamHandler):
                 redirected.handlers[handler] = handler.stream
-                _set_stream(handler, self._file)
+                _set_stream(handler, self._view)
         root = logging.getLogger()
         if not any(handler in redirected.handlers for handler in root.handlers):  # else records reach no file
-            redirected.added = logging.StreamHandler(self._file)
+            redirected.added = logging.StreamHandler(self._view)
             redirected.added.setFormatter(logging.Formatter(LOG_FORMAT))
             root.addHandler(redirected.added)
 
@@ -157,7 +158,7 @@ class BuildLog:
         for handler, stream in redirected.handlers.items():
             _set_stream(handler, stream)
         for handler in _handlers():  # made during the build, on the file that is about to close
-            if isinstance(handler, logging.StreamHandler) and handler.stream is self._file:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is self._view:
                 _set_stream(handler, sys.stderr)
         for handler in redirected.muted:
             handler.removeFilter(_mute)
@@ -196,10 +197,11 @@ class _Unclosable(io.TextIOBase):
         self._target = target
 
     def write(self, text: str) -> int:
-        return self._target.write(text)
+        return 0 if self._target.closed else self._target.write(text)
 
     def flush(self) -> None:
-        self._target.flush()
+        if not self._target.closed:
+            self._target.flush()
 
     def fileno(self) -> int:
         return self._target.fileno()
