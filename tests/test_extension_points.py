@@ -26,6 +26,8 @@ from edgegate.errors import ConfigError, RunnerError
 from edgegate.runner.entrypoints import plugins
 from edgegate.runner.protocol import PROTOCOL_VERSION
 
+from conftest import LOCAL_PROFILE
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 WATTS = 7.25  # what the toy meter reads
@@ -127,15 +129,7 @@ def pytest_edgegate_verdict(config, item, verdict, result):
                     "size_mb: the lab allows no toy runtime on its shelf")
     return dataclasses.replace(verdict, outcome="blocked", breaches=(*verdict.breaches, breach))
 '''
-PROFILE = """\
-schema: 1
-name: local
-transport: local
-python: auto
-work_dir: {work_dir}
-threads: 1
-power_sensor: {{kind: toy_meter, watts: {watts}}}
-"""
+PROFILE = LOCAL_PROFILE + "power_sensor: {{kind: toy_meter, watts: {watts}}}\n"  # the plugin's sensor
 SUITE = """\
 schema: 1
 name: plug
