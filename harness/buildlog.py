@@ -66,7 +66,9 @@ class BuildLog:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", encoding="utf-8", errors="replace", buffering=1)  # noqa: SIM115 - closed below
-        self._view = _Unclosable(self._file)  # all anyone else gets: a tool may close what it is handed
+        # All anyone else gets: a tool may close what it is handed, the stream or its fd.
+        self._views = (_Unclosable(self._file, 1), _Unclosable(self._file, 2))
+        self._view = self._views[1]
         self.section_start = self._file.tell()
         self._file.write(f"==== {title} ({time.strftime('%Y-%m-%d %H:%M:%S')}) ====\n")
         try:
@@ -78,11 +80,13 @@ class BuildLog:
                 try:
                     yield
                 finally:
-                    self._restore_streams()
-                    self._restore_logging()
-                    self._redirected = None
+                    try:
+                        self._restore_streams()
+                    finally:
+                        self._restore_logging()
+                        self._redirected = None
         finally:
-            self._file.close()
+            _close(self._file)
             self._file = None
 
     @contextmanager
@@ -120,12 +124,11 @@ class BuildLog:
         self._redirected.saved_fds = {fd: os.dup(fd) for fd in STD_FDS}
         for fd in STD_FDS:
             os.dup2(self._file.fileno(), fd)
-        sys.stdout = sys.stderr = self._view  # type: ignore[assignment]
+        sys.stdout, sys.stderr = self._views  # type: ignore[assignment]
 
     def _restore_streams(self) -> None:
         assert self._file is not None and self._redirected is not None
-        if not self._file.closed:
-            self._file.flush()
+        _flush(self._file)
         for fd, saved in self._redirected.saved_fds.items():
             os.dup2(saved, fd)
             os.close(saved)
@@ -158,7 +161,7 @@ class BuildLog:
         for handler, stream in redirected.handlers.items():
             _set_stream(handler, stream)
         for handler in _handlers():  # made during the build, on the file that is about to close
-            if isinstance(handler, logging.StreamHandler) and handler.stream is self._view:
+            if isinstance(handler, logging.StreamHandler) and handler.stream in self._views:
                 _set_stream(handler, sys.stderr)
         for handler in redirected.muted:
             handler.removeFilter(_mute)
@@ -182,6 +185,13 @@ def _set_stream(handler: logging.StreamHandler[Any], stream: Any) -> None:
         handler.stream = stream
 
 
+def _close(file: TextIO) -> None:
+    try:
+        file.close()
+    except OSError:  # its buffer could not be written: the fd under it was closed by someone
+        pass
+
+
 def _flush(stream: Any) -> None:
     try:
         stream.flush()
@@ -191,20 +201,25 @@ def _flush(stream: Any) -> None:
 
 class _Unclosable(io.TextIOBase):
     """sys.stdout and sys.stderr during a build: writes go to the build log, and a tool that
-    closes sys.stdout (seen in an ExecuTorch export) does not close the log under the build."""
+    closes sys.stdout (seen in an ExecuTorch export) does not close the log under the build.
+    ``fileno()`` is fd 1 or 2, which point at the log meanwhile: a tool that closes or re-points
+    that fd touches a standard fd (put back afterwards), never the log's own."""
 
-    def __init__(self, target: TextIO) -> None:
+    def __init__(self, target: TextIO, fd: int) -> None:
         self._target = target
+        self._fd = fd
 
     def write(self, text: str) -> int:
-        return 0 if self._target.closed else self._target.write(text)
+        try:
+            return 0 if self._target.closed else self._target.write(text)
+        except OSError:
+            return 0
 
     def flush(self) -> None:
-        if not self._target.closed:
-            self._target.flush()
+        _flush(self._target)
 
     def fileno(self) -> int:
-        return self._target.fileno()
+        return self._fd
 
     def isatty(self) -> bool:
         return False
