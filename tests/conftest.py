@@ -88,3 +88,4 @@ def tiny_artifacts(tiny_suite_file: Path, shared_cache: Path) -> dict:
     suite = load_suite(tiny_suite_file)
     factory = VariantFactory(suite, shared_cache)
     return {variant.name: factory.artifact(variant) for variant in suite.variants}
+

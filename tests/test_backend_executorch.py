@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tinymodel import build_on_tiny
 
 pytest.importorskip("executorch", reason="the ExecuTorch backend needs the executorch package (pip install executorch)")
 pytest.importorskip("torchao", reason="the executorch_export recipe quantizes with torchao (pip install torchao)")
@@ -39,9 +40,12 @@ def _build(tiny_model_dir: Path, out: Path, **params: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def fp32(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> tuple[Path, dict[str, Any]]:
-    out = tmp_path_factory.mktemp("executorch") / "fp32"
-    return out / recipe.MODEL_FILE, _build(tiny_model_dir, out)
+def fp32(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, shared_cache: Path) -> tuple[Path, dict[str, Any]]:
+    """Built by the factory into the session's cache (tests/test_runtimes_end_to_end.py measures the
+    same build through pytest)."""
+    artifact = build_on_tiny(tmp_path_factory.mktemp("executorch"), tiny_model_dir, shared_cache,
+                             f"{{fp32: {{recipe: executorch_export, params: {{max_cache_len: {MAX_CACHE_LEN}}}}}}}")["fp32"]
+    return artifact.model, artifact.manifest["facts"]
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +81,7 @@ def greedy(backend: ExecuTorchBackend, prompt: list[int], steps: int) -> tuple[l
 
 def test_fp32_program_computes_torch_logits_at_every_position(fp32: tuple[Path, dict], torch_model: Any) -> None:
     path, facts = fp32
-    assert sorted(p.name for p in path.parent.iterdir()) == ["model.pte", "tokenizer.json"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["manifest.json", "model.pte", "tokenizer.json"]
     assert facts["precision"] == "fp32" and facts["max_cache_len"] == MAX_CACHE_LEN
     assert "top-1 agreement 1.00" in facts["load_check"]
     assert facts["xnnpack_partitions"] >= 1

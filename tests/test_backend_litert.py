@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tinymodel import build_on_tiny
 from edgegate.runner.backends import BACKENDS
 from edgegate.runner.backends.litert import LiteRTBackend
 from edgegate.variants.base_models import BaseModel
@@ -28,20 +29,15 @@ BOUND = 1e-4  # fp32 logits vs torch; the tiny model's logits are about 1 in siz
 PROMPT = [5, 17, 42, 99, 7, 3, 250, 64, 11, 8]
 
 
-def _build(tiny_model_dir: Path, out: Path, quantization: str) -> dict[str, Any]:
-    """The recipe's build on a BuildContext made as the factory makes one."""
-    out.mkdir(parents=True)
-    files = tuple(sorted(p for p in tiny_model_dir.iterdir() if p.is_file()))
-    params = {**litert_export.DEFAULTS, **PARAMS, "quantization": quantization}
-    context = BuildContext(BaseModel(tiny_model_dir, None, files), None, out, params, lambda line: None)
-    return litert_export.build(context)
-
-
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("litert")
-    return {name: (root / name, _build(tiny_model_dir, root / name, quantization))
-            for name, quantization in (("fp32", "none"), ("int8", "dynamic_wi8_afp32"))}
+def built(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, shared_cache: Path) -> dict[str, Any]:
+    """fp32 and int8, built by the factory into the session's cache (tests/test_runtimes_end_to_end.py
+    measures the same fp32 build through pytest)."""
+    flow = ", ".join(f"{k}: {v}" for k, v in PARAMS.items())
+    artifacts = build_on_tiny(tmp_path_factory.mktemp("litert"), tiny_model_dir, shared_cache,
+                              f"{{fp32: {{recipe: litert_export, params: {{{flow}}}}}, "
+                              f"int8: {{recipe: litert_export, params: {{{flow}, quantization: dynamic_wi8_afp32}}}}}}")
+    return {name: (artifact.folder, artifact.manifest["facts"]) for name, artifact in artifacts.items()}
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +68,7 @@ def test_the_recipe_is_found_and_names_its_runtime() -> None:
 
 def test_builds_write_the_model_and_the_tokenizer_and_pass_their_load_check(built: dict[str, Any]) -> None:
     for name, (folder, facts) in built.items():
-        assert sorted(p.name for p in folder.iterdir()) == ["model.tflite", "tokenizer.json"]
+        assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "model.tflite", "tokenizer.json"]
         assert facts["precision"] == name
         assert facts["signatures"] == {"prefill_8": 8, "prefill_16": 16, "score_32": 32, "decode": 1}
     assert "max |diff|" in built["fp32"][1]["load_check"]

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from cgroups import cpu_cgroup
 
 from edgegate.store import HistoryStore
 
@@ -144,21 +145,6 @@ def test_a_contended_rerun_of_an_unchanged_build_is_inconclusive_never_regressed
                                 f"*int4 on local: not a baseline: run {runs[1]}: disturbed: *decode_ms*"])
     page = (gated_project / "reports" / "latest.html").read_text()
     assert f"{runs[0]} (last clean passing run on main/master)" in page and f"skipped {runs[2]}: disturbed" in page
-
-
-def cpu_cgroup(name: str, quota_us: int, period_us: int) -> Path | None:
-    """A cgroup v1 cpu controller group with a CFS quota, or None where this machine has none."""
-    root = Path("/sys/fs/cgroup/cpu")
-    if os.geteuid() != 0 or not (root / "cpu.cfs_quota_us").exists():
-        return None
-    group = root / name
-    try:
-        group.mkdir(exist_ok=True)
-        (group / "cpu.cfs_period_us").write_text(str(period_us))
-        (group / "cpu.cfs_quota_us").write_text(str(quota_us))
-    except OSError:
-        return None
-    return group
 
 
 def test_a_device_slowed_by_a_cpu_quota_regresses_it_is_not_contention(

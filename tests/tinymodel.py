@@ -7,6 +7,7 @@ between numbers (int4 vs fp32, model vs itself), never a literal value.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 VOCAB = 384
@@ -43,3 +44,20 @@ def build_tiny_llama(folder: Path, seed: int = 0, hidden: int = 64, layers: int 
     PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>",
                             eos_token="</s>").save_pretrained(folder)
     return folder
+
+
+def build_on_tiny(folder: Path, tiny_model_dir: Path, cache: Path, variants: str) -> dict:
+    """Variants of the tiny model built through the real factory into ``cache``: the session's shared
+    cache, so another test (a pytest run over the same recipe and params) finds them built.
+    ``variants`` is the suite's ``variants:`` mapping in YAML flow style."""
+    from edgegate.suites import load_suite
+    from edgegate.variants.factory import VariantFactory
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(tiny_model_dir, folder / "tiny_model", dirs_exist_ok=True)
+    reference = variants.strip("{ ").split(":", 1)[0]
+    (folder / "suite.yaml").write_text(f"schema: 1\nname: tiny_built\nbase_model: {{kind: hf_dir, path: tiny_model}}\n"
+                                       f"reference: {reference}\nvariants: {variants}\n")
+    suite = load_suite(folder / "suite.yaml")
+    factory = VariantFactory(suite, cache)
+    return {variant.name: factory.artifact(variant) for variant in suite.variants}

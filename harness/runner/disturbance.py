@@ -1,7 +1,9 @@
 """Was a timed region disturbed, and measuring it again until it is not (or a bound is reached).
 
 Read on the device, over the timed region only:
-- contention: CPU time other processes used, as a share of all CPUs' time (psutil);
+- contention: CPU time other processes took from this one's share of the CPUs (psutil, and the
+  affinity mask and cgroup quota in ``cpu_share``): on a device given a quarter of a core, what
+  others run in the other three quarters is not contention;
 - steal: CPU time the hypervisor gave to other guests (Linux ``steal`` in /proc/stat);
 - a CPU clock that fell during the region while the governor stayed the same (sysfs cpufreq);
 - a thermal trip point reached during the region (sysfs thermal zones).
@@ -13,13 +15,14 @@ power mode) does not fall during the region. Those stay visible as real regressi
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from . import thermal
+from . import cpu_share, thermal
 from .events import emit
 
 T = TypeVar("T")
@@ -52,21 +55,17 @@ class RegionMonitor:
         self.trips: list[str] = []
 
     def __enter__(self) -> RegionMonitor:
-        import psutil
-
-        self._process = psutil.Process()
         self._thermal = thermal.snapshot(self.sysfs_root)
-        self._start = (time.monotonic(), psutil.cpu_times(), _own(self._process))
+        self._share = _share(self.sysfs_root)
+        self._start = (time.monotonic(), _cpu_times(self._share), _own())
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        import psutil
-
-        wall, times, own = time.monotonic(), psutil.cpu_times(), _own(self._process)
-        capacity = max(wall - self._start[0], 1e-9) * (os.cpu_count() or 1)
-        others = (_busy(times) - _busy(self._start[1])) - (own - self._start[2])
-        self.contention = min(max(others, 0.0) / capacity, 1.0)
-        self.steal = min(max(_steal(times) - _steal(self._start[1]), 0.0) / capacity, 1.0)
+        wall, times, own = time.monotonic(), _cpu_times(self._share), _own()
+        wall_s = max(wall - self._start[0], 1e-9)
+        others = (times.busy - self._start[1].busy) - (own - self._start[2])
+        self.contention = cpu_share.contention(others, wall_s, self._share)
+        self.steal = min(max(times.steal - self._start[1].steal, 0.0) / (wall_s * len(self._share.cpus)), 1.0)
         after = thermal.snapshot(self.sysfs_root)
         self.clock_drop = thermal.largest_clock_drop(self._thermal, after)
         self.trips = thermal.trip_warnings(self._thermal, after)
@@ -132,7 +131,28 @@ def for_job(job: dict[str, Any]) -> tuple[Limits, str]:
     return Limits.from_job(job), str(job.get("sysfs_root", "/"))
 
 
-def _busy(times: Any) -> float:
+@functools.cache
+def _share(root: str) -> cpu_share.CpuShare:
+    return cpu_share.current(root)
+
+
+@dataclass(frozen=True)
+class _Times:
+    """CPU times summed over this process's CPUs."""
+
+    busy: float
+    steal: float
+
+
+def _cpu_times(share: cpu_share.CpuShare) -> _Times:
+    import psutil
+
+    per_cpu = psutil.cpu_times(percpu=True)
+    mine = [per_cpu[cpu] for cpu in share.cpus if cpu < len(per_cpu)] or per_cpu
+    return _Times(sum(_busy_of(times) for times in mine), sum(_steal(times) for times in mine))
+
+
+def _busy_of(times: Any) -> float:
     idle = getattr(times, "idle", 0.0) + getattr(times, "iowait", 0.0) + _steal(times)
     return sum(times) - idle - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
 
@@ -141,7 +161,9 @@ def _steal(times: Any) -> float:
     return float(getattr(times, "steal", 0.0))
 
 
-def _own(process: Any) -> float:
-    """This process's CPU time, with that of the children it waited for (a power meter command)."""
-    times = process.cpu_times()
-    return times.user + times.system + getattr(times, "children_user", 0.0) + getattr(times, "children_system", 0.0)
+def _own() -> float:
+    """This process's CPU time, with that of the children it waited for (a power meter command).
+    From times(2), not /proc/self/stat: qemu-user fakes that file with zero CPU times, which made
+    an emulated aarch64 runner's own work look like other processes'."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
