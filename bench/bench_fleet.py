@@ -1,9 +1,11 @@
 """Wall time of a suite on one namespace device vs on a fleet of N, each device on its own xdist worker.
 
-    sudo python bench/bench_fleet.py [--devices 8] [--quota CORES] [--suite PATH | --suite tiny]
+    sudo python bench/bench_fleet.py [--devices 8] [--quota CORES] [--suite PATH | --suite small | --suite tiny]
 
 Starts N sshd devices in network namespaces (tests/sshdevices.py), each capped by a cgroup CPU
-quota (default: this machine's cores / N, so the whole fleet fits on its cores), makes the first
+quota (default: 80% of this machine's cores / N, so the whole fleet fits on its cores and leaves
+the rest to pytest and its workers, which on a lab's CI machine do not share the boards' cores),
+makes the first
 ready with `devices setup` and lets the others use its venv (one filesystem). A first untimed
 run on the whole fleet builds the variants into the cache and deploys them to every device (a
 night re-deploys only what changed); then, timed: the suite on d0 alone (plain pytest, as one
@@ -42,6 +44,14 @@ from edgegate.profiles import DeviceProfile, load_profile  # noqa: E402
 from edgegate.transport.ssh import SshTransport  # noqa: E402
 
 TAG = "benchfleet"
+HOST_SHARE = 0.8  # of the cores, given to the devices by default
+# --suite small: the tests' gating model (hidden 512, 6 layers): milliseconds per decode step, and
+# enough samples that a device measures for about a minute at a fifth of a core
+SMALL_MEASUREMENTS = """measurements:
+  prefill: {prompt_tokens: 16, warmup: 2, min_samples: 40, max_samples: 40, target_ci: 0}
+  decode: {prompt_tokens: 8, tokens: 16, warmup: 2, min_samples: 160, max_samples: 160, target_ci: 0}
+  accuracy: {windows: 4, window_tokens: 64}
+"""
 
 
 @dataclass(frozen=True)
@@ -56,7 +66,7 @@ class Timed:
 
 def main() -> int:
     args = parse_args()
-    quota = args.quota or (os.cpu_count() or 1) / args.devices
+    quota = args.quota or HOST_SHARE * (os.cpu_count() or 1) / args.devices
     with tempfile.TemporaryDirectory() as scratch_name, SshDeviceFarm(Path(scratch_name), prefix="benchflt") as farm:
         scratch = Path(scratch_name)
         if not farm.uses_namespaces:
@@ -90,7 +100,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=3, help="rounds of the timed runs, interleaved (default 3): "
                         "the table gives each configuration's median and range")
     parser.add_argument("--suite", default=str(ROOT / "suites" / "suite_smollm2.yaml"),
-                        help="suite file, or 'tiny' for the tests' tiny model (a smoke test of this script)")
+                        help="suite file, 'small' for the tests' gating model (about a minute per device), "
+                        "or 'tiny' for the tests' tiny model (a smoke test of this script)")
     return parser.parse_args()
 
 
@@ -111,14 +122,17 @@ def start_fleet(farm: SshDeviceFarm, count: int, quota: float, scratch: Path) ->
 
 def prepare_suite(suite: str, scratch: Path) -> tuple[Path, str, Path | None]:
     """(pytest's working folder, the suite to run, a cache folder or None for the default cache)."""
-    if suite != "tiny":
+    if suite not in ("tiny", "small"):
         return ROOT, str(Path(suite).resolve()), None
     from conftest import write_tiny_suite
     from tinymodel import build_tiny_llama
 
     project = scratch / "project"
-    build_tiny_llama(project / "suites" / "tiny_model")
-    write_tiny_suite(project)
+    build_tiny_llama(project / "suites" / "tiny_model", **({"hidden": 512, "layers": 6} if suite == "small" else {}))
+    written = write_tiny_suite(project)
+    if suite == "small":
+        head, _, tail = written.read_text().partition("measurements:\n")
+        written.write_text(head + SMALL_MEASUREMENTS + tail[tail.index("thresholds:"):])
     (project / "pytest.ini").write_text("[pytest]\n")
     return project, "suites/", scratch / "cache"
 

@@ -87,8 +87,11 @@ def test_each_shipped_profile_runs_both_kinds_of_suite_to_a_verdict(
     for board in BOARDS:
         (profiles / f"{board}.yaml").write_text(edited(board, device, python, profiles))
     devices = [arg for board in BOARDS for arg in ("--device", board)]
+    # What is checked is that every profile form reaches a verdict; a region some other process on
+    # this machine disturbed (seen once: 60% of the CPU for 7 s in a full test run) is inconclusive,
+    # which is a verdict too and passes here
     result = pytester.runpytest_subprocess("suites/", *devices, "--edgegate-cache", str(shared_cache),
-                                           "-p", "no:cacheprovider")
+                                           "-p", "no:cacheprovider", "--edgegate-inconclusive=pass")
     output = result.stdout.str()
     assert "cannot be checked" not in output and "Traceback" not in output, output[-3000:]
     result.assert_outcomes(passed=3 * 7)

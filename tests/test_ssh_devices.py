@@ -7,6 +7,8 @@ with its own non-root user (tests/sshdevices.py); nothing here is a mocked trans
 from __future__ import annotations
 
 import socket
+import threading
+import time
 from pathlib import Path
 
 import paramiko
@@ -15,7 +17,7 @@ import pytest
 from edgegate.deploy import deploy_tree
 from edgegate.devicecheck import probe
 from edgegate.devicesetup import setup_device
-from edgegate.errors import DeviceUnreachable, HostKeyError
+from edgegate.errors import DeviceUnreachable, HostKeyError, TransportError
 from edgegate.profiles import load_profile
 from edgegate.transport.ssh import SshTransport
 
@@ -49,6 +51,22 @@ def test_commands_run_as_the_device_user_over_a_nodelay_socket(device, tmp_path:
     sock = transport.connect().sock
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     assert transport.connect().remote_cipher.startswith("aes") and "gcm" in transport.connect().remote_cipher
+    transport.close()
+
+
+def test_a_command_timing_out_leaves_the_others_on_its_connection_running(device, tmp_path: Path) -> None:
+    """A lease renewal timing out on a loaded device must not cut the measurement beside it: the
+    connection still opens channels, so it is kept."""
+    transport = transport_for(device, tmp_path)
+    finished: list[str] = []
+    beside = threading.Thread(target=lambda: finished.append(
+        transport.run(["sh", "-c", "sleep 3; echo measured"], timeout_s=30, check=True).stdout))
+    beside.start()
+    time.sleep(0.5)
+    with pytest.raises(TransportError, match="timed out after 1 s"):
+        transport.run(["sleep", "20"], timeout_s=1)
+    beside.join(timeout=30)
+    assert finished == ["measured\n"]
     transport.close()
 
 

@@ -204,7 +204,7 @@ class SshTransport:
             stdout, stderr = _drain(channel)
             status = _exit_status(channel, timeout_s or self.command_timeout_s)
         except TimeoutError:
-            self._drop()  # the device or its link may be gone: the next command reconnects
+            self._drop_if_dead()
             raise TransportError(f"device {self.profile.name}: `{command[:120]}` timed out after "
                                  f"{timeout_s or self.command_timeout_s:.0f} s") from None
         finally:
@@ -355,6 +355,20 @@ class SshTransport:
     def _drop(self) -> None:
         with self._lock:
             self._close_all()
+
+    def _drop_if_dead(self) -> None:
+        """After a command timed out: keep the connection while it still opens a channel (a slow
+        device, or a command that hung), since others may be running on it (a lease renewal times
+        out beside a measurement on a loaded device); drop it when it does not, so the next command
+        reconnects."""
+        transport = self._transport
+        try:
+            if transport is not None and transport.is_active():
+                transport.open_session(timeout=self.ssh.connect_timeout_s).close()
+                return
+        except (paramiko.SSHException, OSError, EOFError):
+            pass
+        self._drop()
 
     def _close_all(self) -> None:
         for closable in (self._sftp, self._transport):
