@@ -293,7 +293,10 @@ class SshDeviceFarm:
         command = [SSHD, "-D", "-e", "-f", str(state.config), "-E", str(log)]
         if state.netns:
             _ensure_privsep_dir()
-            command = ["ip", "netns", "exec", state.netns, *command]
+            # nsenter, not `ip netns exec`: that one remounts /sys for the namespace, which hides
+            # /sys/fs/cgroup, and a runner that cannot read its cgroup's CPU quota takes the other
+            # devices' work for contention (a container keeps its cgroup files visible too)
+            command = ["nsenter", f"--net=/run/netns/{state.netns}", "--", *command]
         if state.cgroup:
             command = _in_cgroups(state.cgroup, command)
         with open(state.root / "sshd.stderr", "ab") as stderr:
