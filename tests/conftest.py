@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tinymodel import build_tiny_llama
+from tinymodel import build_suite, build_tiny_llama
 
 pytest_plugins = ["pytester"]
 
@@ -94,10 +94,5 @@ def tiny_suite_file(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Pa
 @pytest.fixture(scope="session")
 def tiny_artifacts(tiny_suite_file: Path, shared_cache: Path) -> dict:
     """The tiny suite's variants, built once through the real factory."""
-    from edgegate.suites import load_suite
-    from edgegate.variants.factory import VariantFactory
-
-    suite = load_suite(tiny_suite_file)
-    factory = VariantFactory(suite, shared_cache)
-    return {variant.name: factory.artifact(variant) for variant in suite.variants}
+    return build_suite(tiny_suite_file, shared_cache)
 

@@ -22,9 +22,7 @@ pytest.importorskip("litert_torch", reason="the litert_lm_bundle recipe exports 
 
 from edgegate.runner.accuracy import accuracy, save_top_k, top_k
 from edgegate.runner.backends import BACKENDS
-from edgegate.suites import load_suite
-from edgegate.variants.factory import VariantFactory
-from tinymodel import VOCAB
+from tinymodel import VOCAB, build_suite
 
 pytestmark = pytest.mark.slow
 
@@ -64,9 +62,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) ->
 def bundles(model_dir: Path, shared_cache: Path) -> dict:
     root = model_dir.parent
     (root / "suite.yaml").write_text(SUITE)
-    suite = load_suite(root / "suite.yaml")
-    factory = VariantFactory(suite, shared_cache)
-    return {variant.name: factory.artifact(variant) for variant in suite.variants}
+    return build_suite(root / "suite.yaml", shared_cache)
 
 
 @pytest.fixture(scope="module")

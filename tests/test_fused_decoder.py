@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tinymodel import build_suite
 from edgegate.runner.backends import KvBuffer, KvBufferBackend, OnnxRuntimeBackend
 from edgegate.session import decoder_backend
-from edgegate.suites import load_suite
-from edgegate.variants.factory import VariantFactory
 
 SUITE = """\
 schema: 1
@@ -35,9 +34,7 @@ def fused(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, shared
     root = tmp_path_factory.mktemp("fused-suite")
     shutil.copytree(tiny_model_dir, root / "tiny_model")
     (root / "suite_fused.yaml").write_text(SUITE)
-    suite = load_suite(root / "suite_fused.yaml")
-    factory = VariantFactory(suite, shared_cache)
-    return {variant.name: factory.artifact(variant) for variant in suite.variants}
+    return build_suite(root / "suite_fused.yaml", shared_cache)
 
 
 def greedy_logits(backend: OnnxRuntimeBackend, steps: int) -> list[np.ndarray]:

@@ -46,18 +46,23 @@ def build_tiny_llama(folder: Path, seed: int = 0, hidden: int = 64, layers: int 
     return folder
 
 
+def build_suite(suite_file: Path, cache: Path) -> dict:
+    """Every variant of ``suite_file`` built through the real factory into ``cache``, by name."""
+    from edgegate.suites import load_suite
+    from edgegate.variants.factory import VariantFactory
+
+    suite = load_suite(suite_file)
+    factory = VariantFactory(suite, cache)
+    return {variant.name: factory.artifact(variant) for variant in suite.variants}
+
+
 def build_on_tiny(folder: Path, tiny_model_dir: Path, cache: Path, variants: str) -> dict:
     """Variants of the tiny model built through the real factory into ``cache``: the session's shared
     cache, so another test (a pytest run over the same recipe and params) finds them built.
     ``variants`` is the suite's ``variants:`` mapping in YAML flow style."""
-    from edgegate.suites import load_suite
-    from edgegate.variants.factory import VariantFactory
-
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copytree(tiny_model_dir, folder / "tiny_model", dirs_exist_ok=True)
     reference = variants.strip("{ ").split(":", 1)[0]
     (folder / "suite.yaml").write_text(f"schema: 1\nname: tiny_built\nbase_model: {{kind: hf_dir, path: tiny_model}}\n"
                                        f"reference: {reference}\nvariants: {variants}\n")
-    suite = load_suite(folder / "suite.yaml")
-    factory = VariantFactory(suite, cache)
-    return {variant.name: factory.artifact(variant) for variant in suite.variants}
+    return build_suite(folder / "suite.yaml", cache)
