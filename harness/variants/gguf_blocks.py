@@ -1,28 +1,28 @@
 """llama.cpp's quantized blocks as onnxruntime's block-quantized weights, without requantizing.
 
-Every supported GGUF type is, per block of weights along a row, ``(code - zero_point) * scale``
-with integer codes: what ``MatMulNBits`` and ``GatherBlockQuantized`` compute. The byte layouts
-are read exactly as gguf-py's own ``gguf.quants`` dequantizes them (gguf 0.19):
+Every supported GGUF type is, per block of weights along a row, ``(code - zero_point) * scale +
+offset`` with integer codes and integer zero points: ``MatMulNBits`` and ``GatherBlockQuantized``
+compute the first term, and the offset, where a type has one, is the block's sum of inputs times
+the offset (one small MatMul per node, see ``gguf_import``). The byte layouts are read exactly as
+gguf-py's own ``gguf.quants`` dequantizes them (gguf 0.19):
 
 - Q4_0: blocks of 32, fp16 ``d`` then 16 bytes; element j in the low nibble of byte j, element
   j + 16 in its high nibble; ``d * (q - 8)``: scale d, onnxruntime's default zero point 8.
-- Q4_1: as Q4_0 with an fp16 minimum ``m`` after ``d``; ``d * q + m``: scale d, a float zero
-  point ``-m / d``.
+- Q4_1: as Q4_0 with an fp16 minimum ``m`` after ``d``; ``d * q + m``: scale d, zero point 0, offset m.
 - Q8_0: blocks of 32, fp16 ``d`` then 32 int8; ``d * q``: code q + 128, the 8-bit default zero point.
 - Q4_K: super-blocks of 256: fp16 ``d`` and ``dmin``, 12 bytes of 6-bit sub-scales and sub-mins
   (``Q4_K.get_scale_min``), 128 bytes of nibbles (32 bytes serve two sub-blocks: low nibbles the
   first, high the second); sub-block j is ``d * sc_j * q - dmin * m_j``: blocks of 32 with scale
-  ``d * sc_j`` and float zero point ``dmin * m_j / (d * sc_j)``.
+  ``d * sc_j``, zero point 0 and offset ``-dmin * m_j``.
 - Q6_K: super-blocks of 256: 128 bytes of low nibbles, 64 of high 2-bit pairs, 16 int8 scales, fp16
   ``d``; ``d * sc_j * (q - 32)`` for 16 sub-blocks of 16: 8-bit codes q + 96, default zero point 128.
 
-A block whose scale is 0 holds one value (its offset): it becomes scale = offset, zero point -1,
-codes 0. Pitfalls measured with onnxruntime 1.32's CPU kernels: MatMulNBits refuses 8-bit weights
-with float zero points (so Q8_0 and Q6_K use the default zero point, not a float one), and at
-``accuracy_level`` 4 a MatMulNBits with float zero points accepts them but computes in fp32 (its
-logits match level 0's), while one without computes with int8 activations.
-GatherBlockQuantized takes only integer zero points: a Q4_1 or Q4_K embedding cannot be gathered
-from its blocks.
+Why offsets and not float zero points ``-m / d``, which MatMulNBits also accepts: measured with
+onnxruntime 1.32's CPU kernels, a node with float zero points is never prepacked; each call
+dequantizes the whole matrix to fp32 and runs an fp32 GEMM (1536 x 576, one token: 3.0 ms against
+22 us with integer zero points at ``accuracy_level`` 4, and a K x N fp32 buffer each call).
+GatherBlockQuantized takes integer zero points only. The offsets are stored exactly (fp16 values
+in fp32), so the weights are still the file's, bit for bit.
 """
 
 from __future__ import annotations
@@ -36,11 +36,12 @@ SUPER_BLOCK = 256  # the k-quants' QK_K
 
 @dataclass(frozen=True)
 class BlockWeights:
-    """A [rows, cols] weight as ``(codes - zero_points) * scales`` per block of a row."""
+    """A [rows, cols] weight as ``(codes - zero_points) * scales + offsets`` per block of a row."""
 
     codes: np.ndarray  # uint8 [rows, cols], each below 2**bits
     scales: np.ndarray  # float32 [rows, cols // block_size]
-    zero_points: np.ndarray | None  # float32 like scales; None: onnxruntime's default 2**(bits - 1)
+    zero_points: np.ndarray | None  # uint8 like scales; None: onnxruntime's default 2**(bits - 1)
+    offsets: np.ndarray | None  # float32 like scales; None: no offset
     bits: int
     block_size: int
 
@@ -51,54 +52,65 @@ class BlockWeights:
     def zero_point_values(self) -> np.ndarray:
         if self.zero_points is not None:
             return self.zero_points
-        return np.full(self.scales.shape, 2.0 ** (self.bits - 1), dtype=np.float32)
+        return np.full(self.scales.shape, 2 ** (self.bits - 1), dtype=np.uint8)
 
     def dequantized(self) -> np.ndarray:
-        """The float32 weights, computed as onnxruntime's kernels define them."""
+        """The float32 weights (float64 arithmetic, then rounded: each value as the file defines it)."""
         rows, cols = self.shape
-        codes = self.codes.reshape(rows, -1, self.block_size).astype(np.float32)
-        values = (codes - self.zero_point_values()[..., None]) * self.scales[..., None]
-        return values.reshape(rows, cols)
+        codes = self.codes.reshape(rows, -1, self.block_size).astype(np.float64)
+        values = (codes - self.zero_point_values()[..., None]) * self.scales[..., None].astype(np.float64)
+        if self.offsets is not None:
+            values += self.offsets[..., None]
+        return values.reshape(rows, cols).astype(np.float32)
 
     def take_rows(self, order: np.ndarray) -> BlockWeights:
-        zero_points = None if self.zero_points is None else self.zero_points[order]
-        return BlockWeights(self.codes[order], self.scales[order], zero_points, self.bits, self.block_size)
+        return BlockWeights(self.codes[order], self.scales[order], _rows(self.zero_points, order),
+                            _rows(self.offsets, order), self.bits, self.block_size)
 
     def with_block_size(self, block_size: int) -> BlockWeights:
-        """The same weights in smaller blocks (each block's scale and zero point repeated)."""
+        """The same weights in smaller blocks (each block's scale, zero point and offset repeated)."""
         if block_size == self.block_size:
             return self
         assert self.block_size % block_size == 0
         repeat = self.block_size // block_size
-        zero_points = None if self.zero_points is None else np.repeat(self.zero_points, repeat, axis=1)
-        return BlockWeights(self.codes, np.repeat(self.scales, repeat, axis=1), zero_points, self.bits, block_size)
+
+        def spread(values: np.ndarray | None) -> np.ndarray | None:
+            return None if values is None else np.repeat(values, repeat, axis=1)
+
+        return BlockWeights(self.codes, spread(self.scales), spread(self.zero_points), spread(self.offsets),
+                            self.bits, block_size)
 
     def with_explicit_zero_points(self) -> BlockWeights:
-        return BlockWeights(self.codes, self.scales, self.zero_point_values(), self.bits, self.block_size)
+        return BlockWeights(self.codes, self.scales, self.zero_point_values(), self.offsets, self.bits,
+                            self.block_size)
+
+    def with_explicit_offsets(self) -> BlockWeights:
+        offsets = self.offsets if self.offsets is not None else np.zeros(self.scales.shape, np.float32)
+        return BlockWeights(self.codes, self.scales, self.zero_points, offsets, self.bits, self.block_size)
 
 
-def affine(codes: np.ndarray, scales: np.ndarray, offsets: np.ndarray, bits: int, block_size: int) -> BlockWeights:
-    """``scale * code + offset`` per block as ``(code - zero_point) * scale`` with float zero points."""
-    flat = scales == 0
-    safe = np.where(flat, 1.0, scales.astype(np.float64))
-    zero_points = np.where(flat, -1.0, -offsets.astype(np.float64) / safe).astype(np.float32)
-    scales = np.where(flat, offsets, scales).astype(np.float32)
-    codes = np.where(np.repeat(flat, block_size, axis=1), np.uint8(0), codes).astype(np.uint8)
-    return BlockWeights(codes, scales, zero_points, bits, block_size)
+def _rows(values: np.ndarray | None, order: np.ndarray) -> np.ndarray | None:
+    return None if values is None else values[order]
 
 
 def concatenated(parts: list[BlockWeights]) -> BlockWeights | None:
     """Parts stacked by rows into one weight (a fused QKV), or None when no one layout holds them
-    all: different widths, since 8 bits cannot take float zero points."""
+    all (different widths or bit counts)."""
     if len({part.bits for part in parts}) > 1 or len({part.shape[1] for part in parts}) > 1:
         return None
     block_size = min(part.block_size for part in parts)
     parts = [part.with_block_size(block_size) for part in parts]
     if len({part.zero_points is None for part in parts}) > 1:
         parts = [part.with_explicit_zero_points() for part in parts]
-    zero_points = None if parts[0].zero_points is None else np.concatenate([p.zero_points for p in parts])
+    if len({part.offsets is None for part in parts}) > 1:
+        parts = [part.with_explicit_offsets() for part in parts]
+
+    def stacked(values: list[np.ndarray | None]) -> np.ndarray | None:
+        return None if values[0] is None else np.concatenate(values)
+
     return BlockWeights(np.concatenate([p.codes for p in parts]), np.concatenate([p.scales for p in parts]),
-                        zero_points, parts[0].bits, block_size)
+                        stacked([p.zero_points for p in parts]), stacked([p.offsets for p in parts]),
+                        parts[0].bits, block_size)
 
 
 # --- decoding GGUF rows -----------------------------------------------------------------------
@@ -110,10 +122,11 @@ def decode(data: np.ndarray, type_name: str) -> BlockWeights:
     block_bytes = BLOCK_BYTES[type_name]
     blocks = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1, block_bytes)
     codes, scales, offsets, bits, block_size = DECODERS[type_name](blocks)
-    codes, scales = codes.reshape(rows, -1), scales.reshape(rows, -1)
-    if offsets is not None:
-        return affine(codes, scales, offsets.reshape(rows, -1), bits, block_size)
-    return BlockWeights(codes, scales.astype(np.float32), None, bits, block_size)
+    codes, scales = codes.reshape(rows, -1), scales.reshape(rows, -1).astype(np.float32)
+    if offsets is None:
+        return BlockWeights(codes, scales, None, None, bits, block_size)
+    return BlockWeights(codes, scales, np.zeros(scales.shape, np.uint8), offsets.reshape(rows, -1).astype(np.float32),
+                        bits, block_size)
 
 
 # (codes [blocks, elements], scales [blocks, sub-blocks], offsets like scales or None, bits, block size)
@@ -180,3 +193,14 @@ def packed_codes(weights: BlockWeights) -> np.ndarray:
 def gathered_codes(weights: BlockWeights) -> np.ndarray:
     """Codes as GatherBlockQuantized stores a [rows, cols] table: uint8 [rows, cols * bits / 8]."""
     return packed_codes(weights).reshape(weights.shape[0], -1)
+
+
+def packed_zero_points(weights: BlockWeights) -> np.ndarray:
+    """Zero points as MatMulNBits and GatherBlockQuantized store them: uint8 [rows, blocks] at 8
+    bits; at 4 bits two a byte along a row (block 2i in the low nibble), an odd count padded."""
+    zero_points = weights.zero_point_values().astype(np.uint8)
+    if weights.bits == 8:
+        return np.ascontiguousarray(zero_points)
+    if zero_points.shape[1] % 2:
+        zero_points = np.pad(zero_points, ((0, 0), (0, 1)))
+    return np.ascontiguousarray(zero_points[:, 0::2] | (zero_points[:, 1::2] << np.uint8(4)))

@@ -44,8 +44,8 @@ BUILDER_PARAMS: dict[str, Any] = {"precision": "fp32", "block_size": 32, "accura
 # the builder's MatMul per layer -> the GGUF tensors stacked by rows into its weight
 PROJECTIONS = {"attn/qkv_proj": ("attn_q", "attn_k", "attn_v"), "attn/o_proj": ("attn_output",),
                "mlp/gate_proj": ("ffn_gate",), "mlp/up_proj": ("ffn_up",), "mlp/down_proj": ("ffn_down",)}
-TYPE_NOTES = {"Q4_0": "4-bit, zero point 8", "Q4_1": "4-bit, float zero points -m/d",
-              "Q8_0": "8-bit, zero point 128", "Q4_K": "4-bit blocks of 32, float zero points",
+TYPE_NOTES = {"Q4_0": "4-bit, zero point 8", "Q4_1": "4-bit, zero point 0, offset m a block",
+              "Q8_0": "8-bit, zero point 128", "Q4_K": "4-bit blocks of 32, zero point 0, offset -dmin * m",
               "Q6_K": "8-bit blocks of 16, zero point 128"}
 IMPORT_BOUND = 1e-6  # |imported - builder's fp32 weight| per block, of the block's largest |weight|
 CHECK_TOKENS, PREFILLED = 32, 24  # the load check: 24 tokens prefilled, the rest decoded one by one
@@ -115,6 +115,7 @@ class Importer:
         self.kept: dict[str, str] = {}
         self.elements: Counter[str] = Counter()  # weight elements by width class
         self.activations: Counter[str] = Counter()  # MatMulNBits nodes by how they compute
+        self.made: set[str] = set()  # block sums (and their constants) already in the graph
         self.worst = 0.0
 
     def run(self) -> None:
@@ -157,6 +158,7 @@ class Importer:
         self.imported["MatMulNBits"].update(self.tensors[name].tensor_type.name for name in names)
 
     def _matmul_nodes(self, node: Any, groups: list[Any]) -> list[Any]:
+        """One MatMulNBits a group (its offsets added after it), a Concat when there are several."""
         from onnx import helper
 
         stem = node.input[1].removesuffix(".MatMul.weight")
@@ -165,58 +167,104 @@ class Importer:
         for i, (group, output) in enumerate(zip(groups, outputs)):
             inputs = self._add_blocks(f"{stem}.gguf{i}", gguf_blocks.packed_codes(group), group, (-1,))
             rows, cols = group.shape
-            nodes.append(helper.make_node("MatMulNBits", [node.input[0], *inputs], [output],
+            product = output if group.offsets is None else f"{output}/codes"
+            nodes.append(helper.make_node("MatMulNBits", [node.input[0], *inputs], [product],
                                           name=f"{node.name}NBits{i}", domain="com.microsoft", K=cols, N=rows,
                                           bits=group.bits, block_size=group.block_size,
                                           accuracy_level=self.accuracy_level))
+            if group.offsets is not None:
+                nodes += self._offset_nodes(node.input[0], group, f"{stem}.gguf{i}", product, output)
             self.elements[f"int{group.bits}"] += group.codes.size
-            self.activations[self._compute(group)] += 1
+            self.activations["int8" if self.accuracy_level == 4 else "fp32"] += 1
         if len(groups) > 1:
             nodes.append(helper.make_node("Concat", outputs, [node.output[0]], name=f"{node.name}Concat", axis=-1))
         return nodes
 
-    def _compute(self, weights: Any) -> str:
-        """How onnxruntime 1.32's CPU MatMulNBits computes: int8 activations at level 4 unless the
-        zero points are floats (then fp32, measured: the logits equal level 0's)."""
-        if self.accuracy_level <= 1 or weights.zero_points is not None:
-            return "fp32"
-        return "int8" if self.accuracy_level == 4 else f"accuracy_level {self.accuracy_level}"
+    def _offset_nodes(self, x: str, weights: Any, stem: str, product: str, output: str) -> list[Any]:
+        """output = product + (x's sum over each block) @ offsets.T: the offsets' share of x @ W.T."""
+        from onnx import helper, numpy_helper
+
+        nodes, sums = self._block_sums(x, weights.shape[1], weights.block_size)
+        table = f"{stem}.offsets"
+        self.graph.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weights.offsets.T), table))
+        nodes.append(helper.make_node("MatMul", [sums, table], [f"{output}/offsets"], name=f"{stem}/OffsetMatMul"))
+        nodes.append(helper.make_node("Add", [product, f"{output}/offsets"], [output], name=f"{stem}/OffsetAdd"))
+        return nodes
+
+    def _block_sums(self, x: str, cols: int, block_size: int) -> tuple[list[Any], str]:
+        """The nodes summing x [batch, positions, cols] over each block (none when made already), and
+        the name of their [batch, positions, blocks] output."""
+        from onnx import helper, numpy_helper
+
+        sums = f"{x}/block_sums{block_size}"
+        if sums in self.made:
+            return [], sums
+        self.made.add(sums)
+        shape, axes = f"{sums}/shape", "gguf_import.last_axis"
+        self.graph.graph.initializer.append(numpy_helper.from_array(
+            np.array([0, 0, cols // block_size, block_size], dtype=np.int64), shape))
+        if axes not in self.made:
+            self.made.add(axes)
+            self.graph.graph.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), axes))
+        return [helper.make_node("Reshape", [x, shape], [f"{sums}/blocks"], name=f"{sums}/Reshape"),
+                helper.make_node("ReduceSum", [f"{sums}/blocks", axes], [sums], name=f"{sums}/ReduceSum",
+                                 keepdims=0)], sums
 
     def _add_blocks(self, stem: str, codes: np.ndarray, weights: Any, scale_shape: tuple[int, ...]) -> list[str]:
-        """Initializers for the codes, scales and (float) zero points; their names in input order."""
+        """Initializers for the codes, scales and zero points; their names in input order."""
         from onnx import numpy_helper
 
         arrays = {f"{stem}.codes": codes, f"{stem}.scales": weights.scales.reshape(scale_shape)}
         if weights.zero_points is not None:
-            arrays[f"{stem}.zero_points"] = weights.zero_points.reshape(scale_shape)
+            zero_points = gguf_blocks.packed_zero_points(weights)
+            arrays[f"{stem}.zero_points"] = zero_points.reshape(-1) if scale_shape == (-1,) else zero_points
         self.graph.graph.initializer.extend(numpy_helper.from_array(a, name) for name, a in arrays.items())
         return list(arrays)
 
     def embedding(self) -> None:
-        """The Gather's table from the GGUF's blocks when its zero points are integers, else the
-        fp32 table as an initializer of its own (the builder gathers a tied one from a Transpose
-        of the head's weight, which would count as read whole every token)."""
+        """The Gather's table as a GatherBlockQuantized of the GGUF's blocks (its offsets gathered
+        beside it and added), or the fp32 table as an initializer of its own for a type not read
+        (the builder gathers a tied one from a Transpose of the head's weight, which would count as
+        read whole every token)."""
         from onnx import helper, numpy_helper
 
         node, index = self._node(_GATHER)
         table = self._table(node.input[0])
         weights = self.weights(_EMBEDDING)
-        if weights is None or weights.zero_points is not None:
-            why = "GatherBlockQuantized takes no float zero points" if weights is not None else "a type not imported"
-            self.kept[f"{_EMBEDDING} (Gather)"] = f"{self.tensors[_EMBEDDING].tensor_type.name}: fp32 table, {why}"
+        if weights is None:
+            self.kept[f"{_EMBEDDING} (Gather)"] = f"{self.tensors[_EMBEDDING].tensor_type.name}: fp32 table, a type not imported"
             if node.input[0] not in self.inits:  # tied: gathered from a Transpose of the head's fp32 weight
                 self.graph.graph.initializer.append(numpy_helper.from_array(table, "model.embed_tokens.table"))
                 node.input[0] = "model.embed_tokens.table"
             return
         self._compare(weights.dequantized(), table, [weights], _GATHER)
-        inputs = self._add_blocks("model.embed_tokens.gguf", gguf_blocks.gathered_codes(weights), weights,
-                                  weights.scales.shape)
+        stem = "model.embed_tokens.gguf"
+        inputs = self._add_blocks(stem, gguf_blocks.gathered_codes(weights), weights, weights.scales.shape)
         del self.graph.graph.node[index]
-        self.graph.graph.node.insert(index, helper.make_node(
-            "GatherBlockQuantized", [inputs[0], node.input[1], inputs[1]], list(node.output),
-            name=f"{_GATHER}BlockQuantized", domain="com.microsoft", gather_axis=0, quantize_axis=1,
-            block_size=weights.block_size, bits=weights.bits))
+        rows = f"{node.output[0]}/codes" if weights.offsets is not None else node.output[0]
+        nodes = [helper.make_node("GatherBlockQuantized", [inputs[0], node.input[1], *inputs[1:]], [rows],
+                                  name=f"{_GATHER}BlockQuantized", domain="com.microsoft", gather_axis=0,
+                                  quantize_axis=1, block_size=weights.block_size, bits=weights.bits)]
+        if weights.offsets is not None:
+            nodes += self._gathered_offsets(node, weights, stem, rows)
+        for offset, new in enumerate(nodes):
+            self.graph.graph.node.insert(index + offset, new)
         self.imported["GatherBlockQuantized"][self.tensors[_EMBEDDING].tensor_type.name] += 1
+
+    def _gathered_offsets(self, node: Any, weights: Any, stem: str, rows: str) -> list[Any]:
+        """output = rows + each block's offset, the offsets gathered by the same ids."""
+        from onnx import helper, numpy_helper
+
+        out, cols = node.output[0], weights.shape[1]
+        arrays = {f"{stem}.offsets": weights.offsets[..., None],  # [vocab, blocks, 1]
+                  f"{stem}.block_shape": np.array([0, 0, cols // weights.block_size, weights.block_size], np.int64),
+                  f"{stem}.row_shape": np.array([0, 0, cols], np.int64)}
+        self.graph.graph.initializer.extend(numpy_helper.from_array(a, name) for name, a in arrays.items())
+        names = list(arrays)
+        return [helper.make_node("Gather", [names[0], node.input[1]], [f"{out}/offsets"], name=f"{stem}/OffsetGather"),
+                helper.make_node("Reshape", [rows, names[1]], [f"{out}/blocks"], name=f"{stem}/Blocks"),
+                helper.make_node("Add", [f"{out}/blocks", f"{out}/offsets"], [f"{out}/summed"], name=f"{stem}/OffsetAdd"),
+                helper.make_node("Reshape", [f"{out}/summed", names[2]], [out], name=f"{stem}/Rows")]
 
     def _table(self, name: str) -> np.ndarray:
         """The Gather's fp32 table: an initializer, or the Transpose of one (tied embeddings)."""
