@@ -58,7 +58,7 @@ def test_manifest_records_the_fused_operators(fused: dict) -> None:
     assert int8_facts["fused_ops"]["MatMulNBits"] == 2 * 5 + 1  # per layer qkv (fused), o, gate, up, down; lm_head
     assert "-p int8" in int8_facts["builder"] and "block_size=32" in int8_facts["builder"]
     assert int8_facts["quantized_ops"] == {"Gather (uint8)": 1}  # the embedding, which the builder keeps in fp32
-    assert set(fused["fused_int8"].manifest["files"]) == {"model.onnx", "tokenizer.json", "genai_config.json"}
+    assert set(fused["fused_int8"].manifest["files"]) == {"model.onnx", "model.onnx.data", "tokenizer.json", "genai_config.json"}
     import onnx
 
     plain_nodes = len(onnx.load(str(fused["fp32"].model), load_external_data=False).graph.node)

@@ -49,6 +49,7 @@ def build(ctx: BuildContext) -> dict[str, Any]:
     embedding = {}
     if ctx.params["quantize_embedding"] and ctx.params["precision"] == "int8":
         embedding = _embedding_to_uint8(ctx)
+    _weights_mapped(ctx)
     _check_it_loads(ctx)
     return {"builder": " ".join(builder_arguments(ctx.params)), **graph_facts(ctx.out_model), **embedding}
 
@@ -73,14 +74,19 @@ def _write_hf_folder(ctx: BuildContext, folder: Path) -> None:
 
 def _embedding_to_uint8(ctx: BuildContext) -> dict[str, Any]:
     """The builder keeps the token embedding in fp32 at int8 (its GatherBlockQuantized is 4-bit
-    only): store it as uint8 as ``int8_weight_only`` does, in one file without external data."""
+    only): store it as uint8 as ``int8_weight_only`` does."""
+    return {"quantized_ops": int8_weight_only.quantize_embedding(ctx)}
+
+
+def _weights_mapped(ctx: BuildContext) -> None:
+    """The weights page-aligned in ``model.onnx.data``, which onnxruntime maps (see
+    ``graph_passes.save_weights_mapped``: 380 -> 288 MB peak RSS for the int8 SmolLM2)."""
     import onnx
 
-    counts = int8_weight_only.quantize_embedding(ctx)
-    graph = onnx.load(str(ctx.out_model), load_external_data=False).graph
-    if not any(init.data_location == onnx.TensorProto.EXTERNAL for init in graph.initializer):
-        (ctx.out_dir / f"{MODEL_FILE}.data").unlink(missing_ok=True)
-    return {"quantized_ops": counts}
+    from ..graph_passes import save_weights_mapped
+
+    model = onnx.load(str(ctx.out_model))  # with the builder's external data, if it wrote any
+    save_weights_mapped(model, ctx.out_model)
 
 
 def _check_it_loads(ctx: BuildContext) -> None:

@@ -41,9 +41,10 @@ USES = (fused_decoder, gguf_blocks, _gguf)
 DEFAULTS: dict[str, Any] = {"accuracy_level": 0}
 BUILDER_PARAMS: dict[str, Any] = {"precision": "fp32", "block_size": 32, "accuracy_level": 0, "symmetric": True,
                                   "algorithm": "default", "quantize_embedding": False}
-# the builder's MatMul per layer -> the GGUF tensors stacked by rows into its weight
-PROJECTIONS = {"attn/qkv_proj": ("attn_q", "attn_k", "attn_v"), "attn/o_proj": ("attn_output",),
-               "mlp/gate_proj": ("ffn_gate",), "mlp/up_proj": ("ffn_up",), "mlp/down_proj": ("ffn_down",)}
+# the builder's MatMul per layer -> the GGUF tensors stacked by rows into its weight; MatMuls of one
+# input listed together (gate and up) become one MatMulNBits and a Split where one layout holds them
+PROJECTIONS = ({"attn/qkv_proj": ("attn_q", "attn_k", "attn_v")}, {"attn/o_proj": ("attn_output",)},
+               {"mlp/gate_proj": ("ffn_gate",), "mlp/up_proj": ("ffn_up",)}, {"mlp/down_proj": ("ffn_down",)})
 TYPE_NOTES = {"Q4_0": "4-bit, zero point 8", "Q4_1": "4-bit, zero point 0, offset m a block",
               "Q8_0": "8-bit, zero point 128", "Q4_K": "4-bit blocks of 32, zero point 0, offset -dmin * m",
               "Q6_K": "8-bit blocks of 16, zero point 128"}
@@ -120,11 +121,44 @@ class Importer:
 
     def run(self) -> None:
         for layer in range(self.layers):
-            for projection, names in PROJECTIONS.items():
-                self.matmul(f"/model/layers.{layer}/{projection}/MatMul", [f"blk.{layer}.{n}.weight" for n in names])
+            for together in PROJECTIONS:
+                self.matmuls({f"/model/layers.{layer}/{projection}/MatMul": [f"blk.{layer}.{n}.weight" for n in names]
+                              for projection, names in together.items()})
         self.matmul(_HEAD, [_OUTPUT if _OUTPUT in self.tensors else _EMBEDDING])
         self.embedding()
         _drop_unused(self.graph)
+        from ..graph_passes import sort_topologically
+
+        sort_topologically(self.graph)
+
+    def matmuls(self, targets: dict[str, list[str]]) -> None:
+        """MatMuls of one input: one MatMulNBits and a Split when their tensors share a layout
+        (fewer, larger kernel calls), else each imported alone."""
+        from onnx import helper, numpy_helper
+
+        parts = [self.weights(name) for names in targets.values() for name in names]
+        whole = None if len(targets) == 1 or any(p is None for p in parts) else gguf_blocks.concatenated(parts)
+        if whole is None:
+            for node_name, names in targets.items():
+                self.matmul(node_name, names)
+            return
+        nodes = [self._node(name)[0] for name in targets]
+        fp32 = np.concatenate([numpy_helper.to_array(self.inits[node.input[1]]).T for node in nodes])
+        self._compare(whole.dequantized(), fp32, [whole], " + ".join(targets))
+        merged = helper.make_node("MatMul", [nodes[0].input[0], nodes[0].input[1]], [f"{nodes[0].output[0]}/merged"],
+                                  name=f"{nodes[0].name}Merged")
+        sizes = f"{nodes[0].name}Merged.split"
+        self.graph.graph.initializer.append(numpy_helper.from_array(
+            np.array([numpy_helper.to_array(self.inits[node.input[1]]).shape[1] for node in nodes], np.int64), sizes))
+        split = helper.make_node("Split", [merged.output[0], sizes], [node.output[0] for node in nodes],
+                                 name=f"{nodes[0].name}Split", axis=-1)
+        index = self._node(nodes[0].name)[1]
+        for node in nodes:
+            del self.graph.graph.node[self._node(node.name)[1]]
+        for offset, new in enumerate([*self._matmul_nodes(merged, [whole]), split]):
+            self.graph.graph.node.insert(index + offset, new)
+        self.imported["MatMulNBits"].update(self.tensors[name].tensor_type.name for names in targets.values()
+                                            for name in names)
 
     def weights(self, name: str) -> Any:
         """The tensor as BlockWeights in Hugging Face's row order, or None for a type not imported."""
@@ -341,14 +375,11 @@ def _drop_unused(graph: Any) -> None:
 
 
 def _save(graph: Any, path: Path) -> None:
-    """One file when it fits protobuf's 2 GiB, else the weights in ``model.onnx.data`` beside it
-    (the builder's data file is removed first: onnx appends to an existing one)."""
-    import onnx
+    """The graph in ``model.onnx``, its weights page-aligned in ``model.onnx.data`` (onnxruntime maps
+    them: ``graph_passes.save_weights_mapped``)."""
+    from ..graph_passes import save_weights_mapped
 
-    data = path.with_name(path.name + ".data")
-    data.unlink(missing_ok=True)
-    large = sum(len(init.raw_data) for init in graph.graph.initializer) > 1.8 * 2**30
-    onnx.save(graph, str(path), save_as_external_data=large, all_tensors_to_one_file=True, location=data.name)
+    save_weights_mapped(graph, path)
 
 
 def _check_ids(tokenizer: Any) -> list[int]:
