@@ -1,7 +1,7 @@
 """The suite's ONNX variants against llama.cpp on the same GGUF weights, side by side in one run.
 
     python bench/bench_llamacpp.py [--suite suites/suite_smollm2.yaml] [--variants int8,int4]
-                                   [--rounds 3] [--threads 2] [--model NAME=PATH/model.onnx ...]
+                                   [--rounds 5] [--threads 2] [--model NAME=PATH/model.onnx ...]
 
 Needs the ``bench`` extra (llama-cpp-python) and the variants already built (``edgegate variants
 build SUITE``); a variant not in the cache is skipped, never built. Each engine runs in its own
@@ -14,6 +14,12 @@ plus picking the token), decode tok/s (64 tokens / the 64 steps, each step = run
 peak RSS. The bandwidth ceiling of decode is read bandwidth / weight bytes read per token;
 "% of ceiling" is decode tok/s over it. llama.cpp is given logits for the last position only;
 the ONNX graph computes logits for every prompt position, which its prefill pays for.
+
+Accuracy, after the timed rounds, one more process per engine: the suite's evaluation windows
+(``measurements.accuracy``, tokenized as the harness does) through the harness's own backend for
+the engine (llama.cpp's gives every position's logits for a window), against the suite's
+reference variant (fp32) run the same way: perplexity as a ratio of the reference's, and top-1
+agreement (the engine's most likely next token is the reference's) over all predictions.
 """
 
 from __future__ import annotations
@@ -62,6 +68,9 @@ def main() -> None:
     if args.child:
         print(json.dumps(run_child(Engine(**json.loads(args.child)))))
         return
+    if args.accuracy_child:
+        print(json.dumps(accuracy_child(**json.loads(args.accuracy_child))))
+        return
     engines = plan_engines(args)
     bandwidth_gbs = measure_bandwidth(args.threads)
     load_before = os.getloadavg()
@@ -70,7 +79,8 @@ def main() -> None:
         for engine in engines:
             results[engine.name].append(spawn(engine))
         print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr)
-    print_table(engines, results, bandwidth_gbs)
+    accuracy = {} if args.no_accuracy else measure_accuracy(args, engines)
+    print_table(engines, results, bandwidth_gbs, accuracy)
     print(f"load average (1/5/15 min) before: {fmt_load(load_before)}, after: {fmt_load(os.getloadavg())}")
 
 
@@ -78,14 +88,16 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", type=Path, default=Path(__file__).resolve().parent.parent / "suites" / "suite_smollm2.yaml")
     parser.add_argument("--variants", default="int8,int4", help="comma-separated variant names of the suite")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--decode-tokens", type=int, default=64)
     parser.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
                         help="also measure this model.onnx (a tokenizer.json beside it) under NAME (repeatable)")
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("EDGEGATE_CACHE_DIR") or Path.home() / ".cache" / "edgegate"))
+    parser.add_argument("--no-accuracy", action="store_true", help="skip the perplexity and top-1 columns")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--accuracy-child", help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
@@ -271,6 +283,54 @@ class OnnxRunner:
         return logits[0, -1]
 
 
+def measure_accuracy(args: argparse.Namespace, engines: list[Engine]) -> dict[str, dict[str, float]]:
+    """Perplexity ratio and top-1 agreement of each engine against the suite's reference variant."""
+    from edgegate.evaldata import tokenize
+    from edgegate.suites import load_suite
+
+    suite = load_suite(args.suite)
+    reference = built_variant(suite, args.cache, suite.reference)
+    if reference is None:
+        print(f"accuracy skipped: the reference variant {suite.reference} is not built")
+        return {}
+    settings = suite.accuracy
+    windows = tokenize(reference / "tokenizer.json", 1, settings.windows, settings.window_tokens).windows
+    runs = {"reference": (str(reference / "model.onnx"), runner_backend(reference))}
+    runs.update({e.name: (e.model, "llama_cpp" if e.kind == "llama_cpp" else e.backend) for e in engines})
+    scored = {}
+    for name, (model, backend) in runs.items():
+        job = {"model": model, "backend": backend, "threads": args.threads, "windows": [list(w) for w in windows]}
+        done = subprocess.run([sys.executable, __file__, "--accuracy-child", json.dumps(job)], capture_output=True,
+                              text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"accuracy of {name} failed:\n{done.stderr[-2000:]}")
+        scored[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"accuracy: {len(windows)} windows of {settings.window_tokens} tokens against {suite.reference}")
+    return {name: compare_to(scored[name], scored["reference"]) for name in runs if name != "reference"}
+
+
+def accuracy_child(model: str, backend: str, threads: int, windows: list[list[int]]) -> dict[str, Any]:
+    """Each prediction's negative log-likelihood and most likely token, window by window."""
+    import numpy as np
+    from edgegate.runner.accuracy import _window_logprobs
+    from edgegate.runner.backends import BACKENDS
+
+    runner = BACKENDS[backend](model, ["CPUExecutionProvider"], threads)
+    nll, top = [], []
+    for window in windows:
+        logprobs, targets = _window_logprobs(runner, window)
+        nll += (-np.take_along_axis(logprobs, targets[:, None], axis=1)[:, 0]).astype(float).tolist()
+        top += np.argmax(logprobs, axis=1).astype(int).tolist()
+    return {"nll": nll, "top": top}
+
+
+def compare_to(scored: dict[str, list], reference: dict[str, list]) -> dict[str, float]:
+    import numpy as np
+
+    ratio = float(np.exp(np.mean(scored["nll"]) - np.mean(reference["nll"])))
+    return {"perplexity_ratio": ratio, "top1": float(np.mean(np.equal(scored["top"], reference["top"])))}
+
+
 def peak_rss_mb() -> float | None:
     with open("/proc/self/status", encoding="ascii") as status:
         for line in status:
@@ -279,21 +339,25 @@ def peak_rss_mb() -> float | None:
     return None
 
 
-def print_table(engines: list[Engine], results: dict[str, list[dict[str, Any]]], bandwidth_gbs: float) -> None:
+def print_table(engines: list[Engine], results: dict[str, list[dict[str, Any]]], bandwidth_gbs: float,
+                accuracy: dict[str, dict[str, float]]) -> None:
     reference = engines[0]
     rows = {engine.name: summarize(engine, results[engine.name], bandwidth_gbs) for engine in engines}
     print(f"\nmedians of {len(results[reference.name])} rounds; read bandwidth {bandwidth_gbs:.1f} GB/s (runner's bandwidth())")
     header = ["engine", "prefill tok/s", "first token ms", "decode tok/s", "peak RSS MB", "load s",
-              "MB read/token", "ceiling tok/s", "% of ceiling", "decode x llama.cpp", "greedy = llama.cpp"]
+              "MB read/token", "ceiling tok/s", "% of ceiling", "decode x llama.cpp", "greedy = llama.cpp",
+              "ppl x fp32", "top-1 vs fp32"]
     print(" | ".join(header))
     for engine in engines:
         row = rows[engine.name]
         ratio = row["decode_tok_s"] / rows[reference.name]["decode_tok_s"]
         agree = greedy_agreement(results[engine.name][0]["tokens"], results[reference.name][0]["tokens"])
+        scores = accuracy.get(engine.name)
+        quality = [f"{scores['perplexity_ratio']:.3f}", f"{scores['top1']:.3f}"] if scores else ["-", "-"]
         print(" | ".join([engine.name, f"{row['prefill_tok_s']:.0f}", f"{row['first_token_ms']:.1f}",
                           f"{row['decode_tok_s']:.1f}", f"{row['peak_rss_mb']:.0f}", f"{row['load_s']:.2f}",
                           f"{engine.weight_bytes_per_token / 1e6:.1f}", f"{row['ceiling_tok_s']:.0f}",
-                          f"{row['decode_tok_s'] / row['ceiling_tok_s']:.0%}", f"{ratio:.2f}", agree]))
+                          f"{row['decode_tok_s'] / row['ceiling_tok_s']:.0%}", f"{ratio:.2f}", agree, *quality]))
     for engine in engines:  # contention from other work shows as one slow round
         rounds = ", ".join(f"{engine.decode_tokens / run['decode_s']:.1f}" for run in results[engine.name])
         print(f"{engine.name} decode tok/s by round: {rounds}")

@@ -2,24 +2,30 @@
 
 ``fused_decoder`` at int4 or int8 quantizes the weights transformers dequantized from the GGUF a
 second time: lossy twice. This recipe builds the same graph in fp32 with onnxruntime-genai's model
-builder, then replaces each linear layer's MatMul by a MatMulNBits whose codes, scales and zero
-points are the GGUF tensor's blocks (``gguf_blocks`` says how each type maps), and the token
-embedding's Gather by a GatherBlockQuantized where its type allows it.
+builder, then replaces each linear layer's MatMul by a MatMulNBits whose codes, scales and integer
+zero points are the GGUF tensor's blocks (``gguf_blocks`` says how each type maps), and the token
+embedding's Gather by a GatherBlockQuantized.
 
+- Q4_1 and Q4_K blocks carry a minimum (``d * q + m``): the MatMulNBits computes ``d * q`` (zero
+  point 0) and a small MatMul adds each block's input sum times ``m`` (``_offset_nodes``); the
+  embedding gathers its rows' offsets beside its codes. Float zero points ``-m / d`` would say the
+  same in one node, but onnxruntime never prepacks those and dequantizes the whole matrix every
+  call (measured: 140x slower, ``gguf_blocks``).
 - llama.cpp's converter permutes the rows of attn_q and attn_k for its rope (interleaved pairs);
   transformers un-permutes them when it loads the file, and so does this import (rows only, so the
   blocks along a row are untouched). The builder's qkv_proj is Q, K and V stacked by rows: one
-  MatMulNBits when the three share a layout, else one each and a Concat (Q4_K_M gives some layers
-  a Q6_K attn_v, 8-bit, beside 4-bit Q and K with float zero points).
+  MatMulNBits when the three share a bit width, else one each and a Concat (Q4_K_M gives some
+  layers a Q6_K attn_v, 8-bit, beside 4-bit Q and K). Gate and up, which read the same input,
+  become one MatMulNBits and a Split the same way (fewer, larger kernel calls).
 - every imported weight is compared with the builder's fp32 weight before it replaces it: a wrong
-  permutation or layout fails the build (``IMPORT_BOUND``: only fp32 rounding of the float zero
-  points, measured 1.1e-7 of a block's largest weight).
+  permutation or layout fails the build (``IMPORT_BOUND``; measured 0 on SmolLM2's file: the
+  blocks decode to exactly the fp32 values transformers made of them).
 - a tensor of another type (F32, F16, Q5_K, ...) keeps the builder's fp32 weight; the facts list it.
-- ``accuracy_level`` 4 (int8 activations) applies only to MatMulNBits without float zero points:
-  onnxruntime 1.32 computes those with float zero points (Q4_1, Q4_K) in fp32 whatever the level.
-  Measured on SmolLM2-135M's Q4_1 file (150 Q4_1 MatMulNBits, a Q8_0 head), 128 tokens: logits
-  1.8e-6 of the largest from torch fp32 at level 0; level 4 on the Q4_1 nodes gives level 0's
-  logits bit for bit; level 4 everywhere 1.2e-2 (the head's int8 activations), top-1 0.992.
+- ``accuracy_level`` 4 (the default) quantizes each MatMulNBits' activations to int8 per block,
+  which onnxruntime's CPU kernels are fast at; the weights stay the file's. Level 0 computes in
+  fp32 (logits within fp32 noise of torch's on the dequantized file, the tests' check), but
+  onnxruntime 1.32 has no packed fp32 kernel for 8-bit weights: a Q8_0 head is dequantized every
+  call (SmolLM2's: 264 ms a token against 0.8 ms at level 4).
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ NAME = "gguf_import"
 PARENT = None
 TOOLS = ("onnxruntime-genai", "onnx", "onnxruntime", "torch", "transformers", "gguf")
 USES = (fused_decoder, gguf_blocks, _gguf)
-DEFAULTS: dict[str, Any] = {"accuracy_level": 0}
+DEFAULTS: dict[str, Any] = {"accuracy_level": 4}
 BUILDER_PARAMS: dict[str, Any] = {"precision": "fp32", "block_size": 32, "accuracy_level": 0, "symmetric": True,
                                   "algorithm": "default", "quantize_embedding": False}
 # the builder's MatMul per layer -> the GGUF tensors stacked by rows into its weight; MatMuls of one
