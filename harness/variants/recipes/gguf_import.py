@@ -6,8 +6,9 @@ builder, then replaces each linear layer's MatMul by a MatMulNBits whose codes, 
 zero points are the GGUF tensor's blocks (``gguf_blocks`` says how each type maps), and the token
 embedding's Gather by a GatherBlockQuantized.
 
-- Q4_1 and Q4_K blocks carry a minimum (``d * q + m``): the MatMulNBits computes ``d * q`` (zero
-  point 0) and a small MatMul adds each block's input sum times ``m`` (``_offset_nodes``); the
+- Q4_1 and Q4_K blocks carry a minimum (``d * q + m``): the MatMulNBits computes ``d * (q - z)``
+  (z the integer zero point nearest ``-m / d``) and a small MatMul adds each block's input sum
+  times the rest, ``m + z * d`` (``_offset_nodes``, ``gguf_blocks.centred``); the
   embedding gathers its rows' offsets beside its codes. Float zero points ``-m / d`` would say the
   same in one node, but onnxruntime never prepacks those and dequantizes the whole matrix every
   call (measured: 140x slower, ``gguf_blocks``).
@@ -51,8 +52,8 @@ BUILDER_PARAMS: dict[str, Any] = {"precision": "fp32", "block_size": 32, "accura
 # input listed together (gate and up) become one MatMulNBits and a Split where one layout holds them
 PROJECTIONS = ({"attn/qkv_proj": ("attn_q", "attn_k", "attn_v")}, {"attn/o_proj": ("attn_output",)},
                {"mlp/gate_proj": ("ffn_gate",), "mlp/up_proj": ("ffn_up",)}, {"mlp/down_proj": ("ffn_down",)})
-TYPE_NOTES = {"Q4_0": "4-bit, zero point 8", "Q4_1": "4-bit, zero point 0, offset m a block",
-              "Q8_0": "8-bit, zero point 128", "Q4_K": "4-bit blocks of 32, zero point 0, offset -dmin * m",
+TYPE_NOTES = {"Q4_0": "4-bit, zero point 8", "Q4_1": "4-bit, the minimum as an integer zero point and an offset",
+              "Q8_0": "8-bit, zero point 128", "Q4_K": "4-bit blocks of 32, sub-minimums as Q4_1's",
               "Q6_K": "8-bit blocks of 16, zero point 128"}
 IMPORT_BOUND = 1e-6  # |imported - builder's fp32 weight| per block, of the block's largest |weight|
 CHECK_TOKENS, PREFILLED = 32, 24  # the load check: 24 tokens prefilled, the rest decoded one by one
