@@ -271,9 +271,10 @@ class OnnxRunner:
     def prefill(self, ids: list[int]) -> Any:
         import numpy as np
 
+        self.past = None  # the last pass's KV cache goes before this one's is made: one at a time, as llama.cpp's
         logits, self.past, _ = self.backend.step(np.asarray([ids], dtype=np.int64), self.backend.empty_past(), 0)
         self.past_len = len(ids)
-        return logits[0, -1]
+        return np.array(logits[0, -1])  # a copy: the prompt's logits (every position) are freed
 
     def step(self, token: int) -> Any:
         import numpy as np

