@@ -1,6 +1,6 @@
 """The suite's ONNX variants against llama.cpp on the same GGUF weights, side by side in one run.
 
-    python bench/bench_llamacpp.py [--suite suites/suite_smollm2.yaml] [--variants int8,int4]
+    python bench/bench_llamacpp.py [--suite suites/suite_smollm2.yaml] [--variants int8,q4_1,int4]
                                    [--rounds 5] [--threads 2] [--model NAME=PATH/model.onnx ...]
 
 Needs the ``bench`` extra (llama-cpp-python) and the variants already built (``edgegate variants
@@ -87,7 +87,7 @@ def main() -> None:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", type=Path, default=Path(__file__).resolve().parent.parent / "suites" / "suite_smollm2.yaml")
-    parser.add_argument("--variants", default="int8,int4", help="comma-separated variant names of the suite")
+    parser.add_argument("--variants", default="int8,q4_1,int4", help="comma-separated variant names of the suite")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prompt-tokens", type=int, default=128)
