@@ -166,6 +166,12 @@ class KvBufferBackend(OnnxRuntimeBackend):
         self._bound_kv: KvBuffer | None = None
 
     def empty_past(self) -> KvBuffer:
+        """The buffer of this backend's last decode, to be written from position 0 again (the op
+        reads only the positions before the total length it is given), or a new one for the
+        first. A past from before is no longer valid, as with llama.cpp's context; a new buffer
+        each decode would live beside the bound old one (24 MB each for SmolLM2)."""
+        if self._bound_kv is not None:
+            return self._bound_kv
         return KvBuffer(self._kv_shapes, self.CAPACITY, self._past_dtype)
 
     def step(self, input_ids: np.ndarray, past: KvBuffer, past_len: int) -> tuple[np.ndarray, KvBuffer, int]:
