@@ -192,10 +192,12 @@ def onnx_bytes_per_token(model: Path) -> int:
     return weight_bytes_per_token(onnx.load(str(model)))
 
 
-def measure_bandwidth(threads: int) -> float:
+def measure_bandwidth(threads: int, times: int = 3) -> float:
+    """The best of a few readings: other work only ever lowers one (seen: 24.6 to 31.8 GB/s on
+    one VM within minutes), and the ceiling is what the memory can do."""
     from edgegate.runner.measure import bandwidth
 
-    return float(next(bandwidth({"threads": threads, "mb": 256}))["value"])
+    return max(float(next(bandwidth({"threads": threads, "mb": 256}))["value"]) for _ in range(times))
 
 
 def spawn(engine: Engine) -> dict[str, Any]:
