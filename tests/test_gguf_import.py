@@ -1,10 +1,13 @@
 """The gguf_import recipe: a GGUF's quantized blocks as onnxruntime's block-quantized weights.
 
 Each supported type's blocks (gguf-py's quantizer where it has one, random bytes laid out as the
-type's blocks otherwise) run through a MatMulNBits node alone and must give gguf-py's own
-dequantization. A tiny Llama written as a GGUF of mixed types is then imported into the fused
-decoder graph: its initializers decoded here must be the file's tensors, and its logits torch's
-(transformers' model of the same file) within fp32 noise, step by step on the in-place KV cache.
+type's blocks otherwise) are decoded here, and run through a MatMulNBits node alone (plus the
+import's offset term) and a GatherBlockQuantized: each must give llama.cpp's own dequantization
+(ggml's ``to_float`` from the libggml-base llama-cpp-python ships; gguf-py's must agree with it).
+A tiny Llama written as a GGUF of mixed types is then imported into the fused decoder graph: its
+initializers decoded here must be the file's tensors as ggml dequantizes them, and its logits
+torch's (transformers' model of the same file) within fp32 noise, step by step on the in-place
+KV cache.
 """
 
 from __future__ import annotations
@@ -63,6 +66,30 @@ def quantized_rows(type_name: str, weight: np.ndarray, rng: np.random.Generator)
     else:
         blocks[:, 208:210] = fp16(size / 1000)
     return blocks.reshape(rows, -1)
+
+
+def ggml_dequantized(rows: np.ndarray, type_name: str) -> np.ndarray:
+    """llama.cpp's own dequantization of raw rows: ggml's ``to_float`` for the type, from the
+    libggml-base that llama-cpp-python ships, through ``ggml_get_type_traits`` (ggml.h)."""
+    import ctypes
+
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (harness/llama_cpp_build.py)")
+
+    class Traits(ctypes.Structure):
+        _fields_ = [("type_name", ctypes.c_char_p), ("blck_size", ctypes.c_int64),
+                    ("blck_size_interleave", ctypes.c_int64), ("type_size", ctypes.c_size_t),
+                    ("is_quantized", ctypes.c_bool), ("to_float", ctypes.c_void_p), ("from_float_ref", ctypes.c_void_p)]
+
+    library = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
+    library.ggml_get_type_traits.restype = ctypes.POINTER(Traits)
+    traits = library.ggml_get_type_traits(int(_type(type_name))).contents
+    assert traits.type_name.decode().lower() == type_name.lower(), "ggml_type_traits is not laid out as this test reads it"
+    to_float = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(ctypes.c_float), ctypes.c_int64)(traits.to_float)
+    raw = np.ascontiguousarray(rows, dtype=np.uint8)
+    count = raw.size // traits.type_size * traits.blck_size
+    out = np.empty(count, dtype=np.float32)
+    to_float(raw.ctypes.data, out.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), count)
+    return out.reshape(raw.shape[0], -1)
 
 
 def one_node(node: Any, feed: tuple[str, Any, list[Any]], arrays: dict[str, np.ndarray]) -> Any:
@@ -132,7 +159,8 @@ def test_each_type_runs_as_gguf_dequantizes_it(type_name: str) -> None:
 
     rng = np.random.default_rng(TYPES.index(type_name))
     data = quantized_rows(type_name, rng.standard_normal((48, 512)).astype(np.float32) * 0.05, rng)
-    expected = gguf.quants.dequantize(data, _type(type_name))
+    expected = ggml_dequantized(data, type_name)
+    assert np.array_equal(expected, gguf.quants.dequantize(data, _type(type_name)))  # gguf-py agrees with ggml
     weights = gguf_blocks.decode(data, type_name)
     assert weights.bits == (8 if type_name in ("Q8_0", "Q6_K") else 4)
     assert (weights.offsets is None) == (type_name in ("Q4_0", "Q8_0", "Q6_K"))
@@ -231,14 +259,18 @@ def hf_rows(weight: np.ndarray, heads: int) -> np.ndarray:
 
 
 def expected_weight(reader: Any, names: list[str]) -> np.ndarray:
-    """gguf-py's dequantization of the tensors, Q and K un-permuted, stacked by rows."""
+    """ggml's dequantization of the tensors (gguf-py's for F16), Q and K un-permuted, stacked by rows."""
     import gguf
 
     fields = {key: int(reader.fields[f"llama.attention.{key}"].contents()) for key in ("head_count", "head_count_kv")}
     tensors = {tensor.name: tensor for tensor in reader.tensors}
     parts = []
     for name in names:
-        weight = gguf.quants.dequantize(tensors[name].data, tensors[name].tensor_type)
+        tensor = tensors[name]
+        if tensor.tensor_type.name in gguf_blocks.DECODERS:  # llama.cpp's own dequantization
+            weight = ggml_dequantized(np.asarray(tensor.data), tensor.tensor_type.name)
+        else:
+            weight = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
         heads = fields["head_count"] if ".attn_q." in name else fields["head_count_kv"] if ".attn_k." in name else 0
         parts.append(hf_rows(weight, heads) if heads else weight)
     return np.concatenate(parts)
