@@ -95,7 +95,7 @@ def status_mb() -> dict[str, float]:
     keys = {"VmRSS", "VmHWM", "RssAnon", "RssFile"}
     with open("/proc/self/status", encoding="ascii") as status:
         fields = (line.split(":", 1) for line in status)
-        return {key: int(value.split()[0]) / 1024 for key, value in fields if key in keys}
+        return {key: int(value.split()[0]) * 1024 / 1e6 for key, value in fields if key in keys}  # kB -> MB
 
 
 def child(model: str, backend: str, threads: int, ids: list[int]) -> dict[str, Any]:
@@ -121,7 +121,9 @@ def child(model: str, backend: str, threads: int, ids: list[int]) -> dict[str, A
     stages["decode"] = status_mb()
     kv = sum(int(a.nbytes) for a in getattr(past, "arrays", {}).values())
     weights = weight_roles(model) if model.endswith(".onnx") else {}
-    return {"stages": stages, "kv_bytes": kv, "logits_bytes": logits_bytes, "weights": weights}
+    files = [Path(model), Path(model + ".data")]
+    file_bytes = sum(path.stat().st_size for path in files if path.exists())
+    return {"stages": stages, "kv_bytes": kv, "logits_bytes": logits_bytes, "weights": weights, "file_bytes": file_bytes}
 
 
 def weight_roles(model: str) -> dict[str, int]:
@@ -169,6 +171,10 @@ def print_weights(name: str, row: dict[str, Any]) -> None:
     parts = ", ".join(f"{role} {size / 1e6:.1f}" for role, size in sorted(row["weights"].items(), key=lambda kv: -kv[1]))
     print(f"{name}: weights MB: {parts}; total {sum(row['weights'].values()) / 1e6:.1f}; "
           f"anonymous memory the load added: {loaded:.0f} MB")
+    peak, base = stages["decode"]["VmHWM"], stages["import"]["VmRSS"]
+    files, kv, logits = row["file_bytes"] / 1e6, row["kv_bytes"] / 1e6, row["logits_bytes"] / 1e6
+    print(f"{name}: peak {peak:.0f} MB = model files {files:.0f} + KV cache {kv:.0f} + interpreter and libraries "
+          f"{base:.0f} + the rest {peak - files - kv - base:.0f} (of which the prefill's logits {logits:.0f})")
 
 
 if __name__ == "__main__":
