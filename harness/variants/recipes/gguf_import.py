@@ -68,7 +68,7 @@ def build(ctx: BuildContext) -> dict[str, Any]:
     import onnx
 
     from ..base_models import load_for_export, save_hf_folder
-    from ..graph_passes import weight_bytes_per_token
+    from ..graph_passes import save_weights_mapped, weight_bytes_per_token
 
     gguf_path = _check(ctx)
     ctx.log("loading the base model with transformers (the GGUF dequantized to fp32), for the builder and the check")
@@ -85,7 +85,7 @@ def build(ctx: BuildContext) -> dict[str, Any]:
     graph = onnx.load(str(ctx.out_model))
     importer = Importer(graph, gguf.GGUFReader(gguf_path), int(ctx.params["accuracy_level"]))
     importer.run()
-    _save(graph, ctx.out_model)
+    save_weights_mapped(graph, ctx.out_model)  # onnxruntime maps them: less resident memory
     file_facts = _gguf.file_facts(gguf_path)
     return {"precision": importer.precision(), "scheme": importer.scheme(), "gguf_file_type": file_facts["file_type"],
             "gguf_tensor_types": file_facts["tensor_types"], **importer.facts(),
@@ -143,11 +143,12 @@ class Importer:
         (fewer, larger kernel calls), else each imported alone."""
         from onnx import helper, numpy_helper
 
-        parts = [self.weights(name) for names in targets.values() for name in names]
+        decoded = {node_name: [self.weights(name) for name in names] for node_name, names in targets.items()}
+        parts = [part for node_parts in decoded.values() for part in node_parts]
         whole = None if len(targets) == 1 or any(p is None for p in parts) else gguf_blocks.concatenated(parts)
         if whole is None:
             for node_name, names in targets.items():
-                self.matmul(node_name, names)
+                self.matmul(node_name, names, decoded[node_name])
             return
         nodes = [self._node(name)[0] for name in targets]
         fp32 = np.concatenate([numpy_helper.to_array(self.inits[node.input[1]]).T for node in nodes])
@@ -179,12 +180,13 @@ class Importer:
             weights = weights.take_rows(np.argsort(_gguf.rope_permute(np.arange(rows), heads)))
         return weights
 
-    def matmul(self, node_name: str, names: list[str]) -> None:
+    def matmul(self, node_name: str, names: list[str], parts: list[Any] | None = None) -> None:
+        """One builder MatMul as the GGUF tensors ``names`` (``parts``: those decoded already)."""
         from onnx import numpy_helper
 
         node, index = self._node(node_name)
         fp32 = numpy_helper.to_array(self.inits[node.input[1]]).T  # [N, K]: the builder stores W as [K, N]
-        parts = [self.weights(name) for name in names]
+        parts = parts if parts is not None else [self.weights(name) for name in names]
         if any(part is None for part in parts):
             self.kept.update({name: f"{self.tensors[name].tensor_type.name}: the builder's fp32 weight"
                               for name, part in zip(names, parts) if part is None})
@@ -379,14 +381,6 @@ def _drop_unused(graph: Any) -> None:
     kept = [init for init in graph.graph.initializer if init.name in read]
     del graph.graph.initializer[:]
     graph.graph.initializer.extend(kept)
-
-
-def _save(graph: Any, path: Path) -> None:
-    """The graph in ``model.onnx``, its weights page-aligned in ``model.onnx.data`` (onnxruntime maps
-    them: ``graph_passes.save_weights_mapped``)."""
-    from ..graph_passes import save_weights_mapped
-
-    save_weights_mapped(graph, path)
 
 
 def _check_ids(tokenizer: Any) -> list[int]:
